@@ -1,0 +1,42 @@
+"""UMT5 text encoder stage: request text -> TextEmbeddings."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.model_spec import ModelSpec
+from engine.stage_placement import StagePlacement
+from engine.stage_types import GenerationRequest, TextEmbeddings
+
+
+class TextEncoder:
+    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
+        from diffusers import WanPipeline
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        self.spec = spec
+        self.placement = placement or StagePlacement()
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, subfolder="tokenizer")
+        text_encoder = UMT5EncoderModel.from_pretrained(
+            spec.source, subfolder="text_encoder", torch_dtype=self.placement.torch_dtype
+        )
+        text_encoder.to(self.placement.device).eval()
+        # diffusers' own prompt code (ftfy cleaning, max-length padding, trimming and
+        # re-padding with zeros) runs on a pipeline that holds only the text components,
+        # so our embeddings cannot drift from WanPipeline's.
+        self._pipeline = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=None)
+
+    @torch.no_grad()
+    def encode_text(self, text: str) -> torch.Tensor:
+        """Embeddings of one text, [1, max_length, D]."""
+        embeds, _ = self._pipeline.encode_prompt(
+            prompt=text,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.spec.geometry.text_max_length,
+            device=torch.device(self.placement.device),
+        )
+        return embeds
+
+    def encode(self, request: GenerationRequest) -> TextEmbeddings:
+        negative = self.encode_text(request.negative_prompt) if request.uses_classifier_free_guidance else None
+        return TextEmbeddings(prompt_embeds=self.encode_text(request.prompt), negative_prompt_embeds=negative)
