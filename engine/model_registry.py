@@ -154,3 +154,22 @@ def _geometry(configs: dict[str, dict]) -> LatentGeometry:
         spatial_factor=int(vae.get("scale_factor_spatial") or 2 ** len(temporal_downsample)),
         patch_size=tuple(configs["transformer"].get("patch_size", (1, 2, 2))),
     )
+
+
+def local_model_directory(spec: ModelSpec, *components: str) -> str:
+    """A local directory holding ``components`` of the model, fetched into the HF cache if needed.
+
+    Loading from a local snapshot is what diffusers' own ``from_pretrained`` does, and
+    fetching only the named components means a text-encoder process never downloads the
+    14B DiT weights. With ``HF_HUB_OFFLINE=1`` this only looks in the cache.
+    """
+    if Path(spec.source).is_dir():
+        return spec.source
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            spec.source, allow_patterns=["model_index.json", *(f"{component}/*" for component in components)]
+        )
+    except OSError as error:
+        raise ModelNotFoundError(f"{spec.source} ({', '.join(components)}) is not available locally: {error}") from error

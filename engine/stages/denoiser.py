@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, Latents
@@ -71,11 +72,12 @@ class WanDenoiser:
 
         self.spec = spec
         self.placement = placement or StagePlacement()
+        root = local_model_directory(spec, "transformer", "scheduler")
         self.transformer = WanTransformer3DModel.from_pretrained(
-            spec.source, subfolder="transformer", torch_dtype=self.placement.torch_dtype
+            root, subfolder="transformer", torch_dtype=self.placement.torch_dtype
         )
         self.transformer.to(self.placement.device).eval()
-        self._scheduler_config = diffusers.UniPCMultistepScheduler.load_config(spec.source, subfolder="scheduler")
+        self._scheduler_config = diffusers.UniPCMultistepScheduler.load_config(root, subfolder="scheduler")
         # Any scheduler config file reads the same; the class named inside it is the one built.
         self._scheduler_class = getattr(diffusers, self._scheduler_config["_class_name"])
 

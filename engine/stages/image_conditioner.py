@@ -6,6 +6,7 @@ import io
 
 import torch
 
+from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import GenerationRequest, ImageConditioning
@@ -29,14 +30,15 @@ class ImageConditioner:
         self.spec = spec
         self.placement = placement or StagePlacement()
         device, dtype = self.placement.device, self.placement.torch_dtype
-        model_index = WanImageToVideoPipeline.load_config(spec.source)
+        root = local_model_directory(spec, "image_encoder", "image_processor", "vae")
+        model_index = WanImageToVideoPipeline.load_config(root)
         image_encoder = image_processor = None
         # Wan 2.1 I2V conditions on CLIP image embeds; later variants ship no image encoder.
         if (model_index.get("image_encoder") or [None])[0] is not None:
-            image_encoder = CLIPVisionModel.from_pretrained(spec.source, subfolder="image_encoder", torch_dtype=dtype)
+            image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", torch_dtype=dtype)
             image_encoder.to(device).eval()
-            image_processor = CLIPImageProcessor.from_pretrained(spec.source, subfolder="image_processor")
-        vae = AutoencoderKLWan.from_pretrained(spec.source, subfolder="vae", torch_dtype=dtype).to(device).eval()
+            image_processor = CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+        vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=dtype).to(device).eval()
         # Run diffusers' own encode_image / prepare_latents on a pipeline holding only these
         # components: the condition tensor is then exactly WanImageToVideoPipeline's.
         self._pipeline = WanImageToVideoPipeline(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import GenerationRequest, TextEmbeddings
@@ -16,9 +17,10 @@ class TextEncoder:
 
         self.spec = spec
         self.placement = placement or StagePlacement()
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, subfolder="tokenizer")
+        root = local_model_directory(spec, "tokenizer", "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
         text_encoder = UMT5EncoderModel.from_pretrained(
-            spec.source, subfolder="text_encoder", torch_dtype=self.placement.torch_dtype
+            root, subfolder="text_encoder", torch_dtype=self.placement.torch_dtype
         )
         text_encoder.to(self.placement.device).eval()
         # diffusers' own prompt code (ftfy cleaning, max-length padding, trimming and

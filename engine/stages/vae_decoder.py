@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import Frames, Latents
@@ -18,7 +19,7 @@ class VaeDecoder:
         self.spec = spec
         self.placement = placement or StagePlacement()
         self.vae = AutoencoderKLWan.from_pretrained(
-            spec.source, subfolder="vae", torch_dtype=self.placement.torch_dtype
+            local_model_directory(spec, "vae"), subfolder="vae", torch_dtype=self.placement.torch_dtype
         )
         self.vae.to(self.placement.device).eval()
         self.video_processor = VideoProcessor(vae_scale_factor=spec.geometry.spatial_factor)

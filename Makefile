@@ -1,0 +1,36 @@
+# One virtual environment for everything. torch is installed first, pinned: a bare
+# `torch` requirement on a CPU machine pulls a multi-GB CUDA build (see README, GPUs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+MODEL ?= tiny
+PROMPT ?= a red car drives through a city street at night, camera tracking, slow motion
+OUTPUT ?= outputs/sample.mp4
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The main job: generate a sample video with the built-in default model.
+run: install
+	$(BIN)/videoserve generate --model $(MODEL) --prompt "$(PROMPT)" --seed 42 -o $(OUTPUT)
+
+# The whole test suite.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Per-stage timings of the bench preset (see benchmarks/RESULTS.md).
+bench: install
+	$(BIN)/python -m benchmarks.stage_timings
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny presets built once per session, loaded through from_pretrained."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def preset_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("videoserve-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(preset_cache):
+    from engine.model_registry import resolve_model
+
+    return resolve_model("tiny", preset_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_i2v_spec(preset_cache):
+    from engine.model_registry import resolve_model
+
+    return resolve_model("tiny-i2v", preset_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_spec):
+    from engine.staged_pipeline import StagedPipeline
+
+    return StagedPipeline.load(tiny_spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_i2v_pipeline(tiny_i2v_spec):
+    from engine.staged_pipeline import StagedPipeline
+
+    return StagedPipeline.load(tiny_i2v_spec)
+
+
+def image_bytes(width: int, height: int, image_format: str = "PNG", seed: int = 0) -> bytes:
+    """A random RGB picture encoded in ``image_format``."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (a stand-in for another machine or process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
