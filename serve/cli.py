@@ -30,6 +30,16 @@ def parse_size(value: str | None) -> tuple[int | None, int | None]:
     return width, height
 
 
+def quiet_library_output() -> None:
+    """Our progress bar replaces the libraries' per-file loading bars and chatter."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option(help="What the video shows.")],
@@ -58,6 +68,7 @@ def generate(
 
     if output.suffix.lower() not in (".mp4", ".npy"):
         raise typer.BadParameter(f"must end in .mp4 or .npy (got {output.name})", param_hint="--output")
+    quiet_library_output()
     width, height = parse_size(size)
     raw = {
         "prompt": prompt,

@@ -1,0 +1,1 @@
+"""Benchmarks; figures are recorded in benchmarks/RESULTS.md with their commands."""
