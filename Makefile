@@ -9,7 +9,7 @@ PROMPT ?= a red car drives through a city street at night, camera tracking, slow
 OUTPUT ?= outputs/sample.mp4
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean redis-server
 
 install: $(VENV)/.installed
 
@@ -24,9 +24,12 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/videoserve generate --model $(MODEL) --prompt "$(PROMPT)" --seed 42 -o $(OUTPUT)
 
-# The whole test suite.
-test: install
+# The whole test suite. It starts a real redis-server, installed here if missing (Debian).
+test: install redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 # Per-stage timings of the bench preset (see benchmarks/RESULTS.md).
 bench: install

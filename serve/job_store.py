@@ -1,0 +1,236 @@
+"""The durable record of every video job, and the interface both storage backends share.
+
+A job is written here before its id reaches the client, so an accepted job survives a
+crash of the ingress, the orchestrator or the whole machine. Workers take jobs with
+``claim``, which hands out a time-limited lease; a worker that dies stops renewing it and
+the job becomes claimable again, which is how accepted jobs resume after a restart.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import json
+import math
+import time
+import uuid
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+ListOrder = Literal["asc", "desc"]
+
+# Changing these would silently re-order or re-key a job that clients already hold.
+IMMUTABLE_FIELDS: frozenset[str] = frozenset({"id", "created_at"})
+
+
+class JobRecord(BaseModel):
+    """One job as stored: what was asked for, where it stands, and who is working on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float  # unix seconds (float; the API shows int)
+    updated_at: float
+    completed_at: float | None = None
+    params: dict[str, Any] = {}  # validated request fields, JSON-safe (no image bytes)
+    input_image_path: str | None = None
+    webhook_url: str | None = None
+    progress: int = Field(default=0, ge=0, le=100)
+    stage: str | None = None
+    step: int | None = Field(default=None, ge=0)
+    total_steps: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = Field(default=0, ge=0)  # times a worker claimed it
+    cancel_requested: bool = False
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    artifacts: dict[str, str] = {}  # variant name -> file path
+    metadata: dict[str, Any] = {}
+
+    @field_validator("params", "metadata")
+    @classmethod
+    def _json_safe(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Both backends store the record as JSON; anything that would not come back
+        # unchanged (bytes, NaN, objects) is refused here rather than mangled there.
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{info.field_name} must be JSON-serialisable ({error})") from None
+        return value
+
+    @field_validator("created_at", "updated_at", "completed_at", "lease_expires_at")
+    @classmethod
+    def _finite_time(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{info.field_name} must be a finite unix time (got {value!r})")
+        return value
+
+    @classmethod
+    def new(cls, *, model: str, id: str | None = None, now: float | None = None, **fields: Any) -> JobRecord:
+        """A fresh queued job; the id looks like OpenAI's (``video_<hex>``) unless given."""
+        now = time.time() if now is None else now
+        return cls(id=id or new_job_id(), model=model, created_at=now, updated_at=now, **fields)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def new_job_id() -> str:
+    return f"video_{uuid.uuid4().hex}"
+
+
+class JobExistsError(KeyError):
+    """A job with this id is already stored."""
+
+
+class JobStore(abc.ABC):
+    """Durable job records plus a lease-based work queue over them.
+
+    Every backend orders jobs by ``(created_at, id)``: listing, FIFO claiming and queue
+    positions all agree on it.
+    """
+
+    @abc.abstractmethod
+    def create(self, job: JobRecord) -> None:
+        """Store a new job; durable when this returns. JobExistsError on a duplicate id."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
+        """Change some fields (validated through JobRecord); None if the job is missing.
+
+        Sets ``updated_at`` (unless given) and, on the first move to a terminal status,
+        ``completed_at`` (unless given). ``id`` and ``created_at`` cannot change.
+        """
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(
+        self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc"
+    ) -> tuple[list[JobRecord], bool]:
+        """One page in ``(created_at, id)`` order, after the job ``after`` (exclusive).
+
+        Returns ``(page, has_more)``. KeyError if ``after`` names no stored job.
+        """
+
+    @abc.abstractmethod
+    def claim(self, owner: str, lease_seconds: float, now: float | None = None) -> JobRecord | None:
+        """Atomically take the oldest claimable job, or None if there is none.
+
+        Claimable: queued, or in_progress without a live lease (expired at ``now`` or
+        released), i.e. its worker died or gave it back. The claimed job is in_progress,
+        leased to ``owner`` until ``now + lease_seconds``, with ``attempts`` one higher.
+        """
+
+    @abc.abstractmethod
+    def renew(self, job_id: str, owner: str, lease_seconds: float, now: float | None = None) -> bool:
+        """Heartbeat: extend the lease. False if ``owner`` no longer holds an in_progress job."""
+
+    @abc.abstractmethod
+    def release(self, job_id: str, owner: str) -> None:
+        """Drop ``owner``'s lease (a no-op if it does not hold it).
+
+        A job released while still in_progress is claimable again at once.
+        """
+
+    @abc.abstractmethod
+    def queued_ahead(self, job_id: str) -> int:
+        """Queued jobs ordered before this one; 0 if it is not queued (or missing)."""
+
+    @abc.abstractmethod
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """Number of jobs in every status (each status is a key, zero included)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def apply_changes(job: JobRecord, changes: dict[str, Any], now: float) -> JobRecord:
+    """The record ``update`` would store: ``changes`` validated through JobRecord."""
+    unknown = sorted(set(changes) - set(JobRecord.model_fields))
+    if unknown:
+        raise ValueError(f"unknown job field(s) {unknown}; a job has {sorted(JobRecord.model_fields)}")
+    frozen = sorted(name for name in IMMUTABLE_FIELDS & set(changes) if changes[name] != getattr(job, name))
+    if frozen:
+        raise ValueError(f"job field(s) {frozen} cannot be changed (job {job.id!r})")
+    changed = JobRecord.model_validate({**job.model_dump(), "updated_at": now, **changes})
+    if changed.is_terminal and not job.is_terminal and "completed_at" not in changes:
+        changed = changed.model_copy(update={"completed_at": now})
+    return changed
+
+
+def claimed(job: JobRecord, owner: str, lease_seconds: float, now: float) -> JobRecord:
+    return job.model_copy(
+        update={
+            "status": JobStatus.IN_PROGRESS,
+            "lease_owner": owner,
+            "lease_expires_at": now + lease_seconds,
+            "attempts": job.attempts + 1,
+            "updated_at": now,
+        }
+    )
+
+
+def is_claimable(job: JobRecord, now: float) -> bool:
+    if job.status is JobStatus.QUEUED:
+        return True
+    return job.status is JobStatus.IN_PROGRESS and (job.lease_expires_at is None or job.lease_expires_at <= now)
+
+
+def check_lease_request(owner: str, lease_seconds: float) -> None:
+    if not owner:
+        raise ValueError("owner must be a non-empty string")
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise ValueError(f"lease_seconds must be a positive number of seconds (got {lease_seconds!r})")
+
+
+def check_page_request(limit: int, order: str) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer (got {limit!r})")
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc' (got {order!r})")
+
+
+ACCEPTED_URLS = "sqlite:///absolute/path/jobs.db, redis://host:port/db[?prefix=name] or rediss://..."
+
+
+def open_job_store(url: str) -> JobStore:
+    """The store a URL names: ``sqlite:///abs/path/jobs.db`` or ``redis://host:port/db?prefix=p``."""
+    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+    if scheme == "sqlite":
+        from serve.job_store_sqlite import SqliteJobStore, sqlite_path_from_url
+
+        return SqliteJobStore(sqlite_path_from_url(url))
+    if scheme in ("redis", "rediss"):
+        from serve.job_store_redis import RedisJobStore
+
+        return RedisJobStore.from_url(url)
+    raise ValueError(f"job store url {url!r} is not supported; use one of: {ACCEPTED_URLS}")
