@@ -70,6 +70,21 @@ def preset_names() -> list[str]:
     return [*BUILTIN_PRESETS, *HUB_PRESETS]
 
 
+def model_task(name_or_path: str) -> Task:
+    """The model's task, without building or downloading anything."""
+    if name_or_path in BUILTIN_PRESETS:
+        return BUILTIN_PRESETS[name_or_path].architecture.task
+    if name_or_path in HUB_PRESETS:
+        return HUB_PRESETS[name_or_path].task
+    try:
+        class_name = json.loads((Path(name_or_path).expanduser() / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"model {name_or_path!r} is neither a preset nor a diffusers directory: {error}") from None
+    if class_name not in _PIPELINE_TASKS:
+        raise ModelNotFoundError(f"{name_or_path} holds a {class_name!r}; expected one of {sorted(_PIPELINE_TASKS)}")
+    return _PIPELINE_TASKS[class_name]
+
+
 def resolve_model(name_or_path: str, cache_dir: Path) -> ModelSpec:
     """Turn a preset name or a directory into a ModelSpec, building built-ins if needed."""
     if name_or_path in BUILTIN_PRESETS:

@@ -57,9 +57,10 @@ def generate(
     fps: Annotated[int | None, typer.Option(help="Frames per second of the MP4.")] = None,
     shift: Annotated[float | None, typer.Option(help="Scheduler flow shift.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")] = None,
+    server: Annotated[str | None, typer.Option(help="A videoserve URL: generate there over HTTP instead.")] = None,
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
-    """Generate one video in this process, with a progress bar."""
+    """Generate one video, in this process or on a server (--server), with a progress bar."""
     from engine.model_registry import ModelNotFoundError, resolve_model
     from engine.request_validation import RequestValidationError, validate_generation
     from engine.stage_placement import default_device
@@ -68,6 +69,12 @@ def generate(
 
     if output.suffix.lower() not in (".mp4", ".npy"):
         raise typer.BadParameter(f"must end in .mp4 or .npy (got {output.name})", param_hint="--output")
+    if server is not None:
+        fields = {"prompt": prompt, "model": None if model == "tiny" else model, "negative_prompt": negative_prompt,
+                  "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance, "size": size,
+                  "num_frames": frames, "fps": fps, "flow_shift": shift}
+        _generate_on_server(server, {key: value for key, value in fields.items() if value is not None}, image, output)
+        return
     quiet_library_output()
     width, height = parse_size(size)
     raw = {
@@ -118,6 +125,105 @@ def generate(
         f"Saved {output.resolve()} ({artifact.num_frames} frames, {artifact.width}x{artifact.height}, "
         f"{artifact.fps} fps, seed {artifact.seed})"
     )
+
+
+def _generate_on_server(server: str, fields: dict, image: Path | None, output: Path) -> None:
+    from serve.http_client import ServerError, generate_over_http
+
+    try:
+        video = generate_over_http(server, fields, image, output, stderr)
+    except (ServerError, OSError) as error:  # httpx errors are OSErrors too
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from None
+    typer.echo(f"Saved {output.resolve()} ({video['id']}, {video['size']}, seed {video['seed']})")
+
+
+@app.command()
+def up(
+    model: Annotated[str | None, typer.Option(help="Preset name or diffusers-format Wan directory.")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP host (default 127.0.0.1, or the config's).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000, or the config's).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Job database and artifacts.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A Ray Serve config file (see deploy/videoserve.yaml).")] = None,
+    sample_prompt: Annotated[str | None, typer.Option(help="Once up, generate this through the HTTP API.")] = None,
+    sample_output: Annotated[Path, typer.Option(help="Where the sample video goes.")] = Path("outputs/sample.mp4"),
+    exit_after_sample: Annotated[bool, typer.Option(help="Stop once the sample is saved.")] = False,
+    cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
+) -> None:
+    """Start Ray (or join RAY_ADDRESS), deploy every stage, and serve until interrupted."""
+    import os
+    import signal
+
+    import ray
+    from ray import serve
+
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import DeployFailed, default_serve_config, deploy, load_serve_config, with_overrides
+
+    args: dict = {}
+    if model is not None:
+        args["model"] = model
+    if state_dir is not None:
+        args["storage"] = {"state_dir": str(state_dir)}
+    if config is None:
+        app_config = AppConfig.model_validate({"cache_dir": str(cache_dir), **args})
+        serve_config = default_serve_config(app_config, host or "127.0.0.1", port or 8000)
+    else:  # the file's own settings, except where a flag here says otherwise
+        serve_config = with_overrides(load_serve_config(config), args=args, host=host, port=port)
+    http = serve_config.get("http_options", {})
+    url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    address = os.environ.get("RAY_ADDRESS")
+    with stderr.status("Starting Ray and deploying every stage (first start builds the model preset)..."):
+        ray.init(address=address, namespace="serve", log_to_driver=False)
+        try:
+            deploy(serve_config)
+        except DeployFailed as error:
+            stderr.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(code=1) from None
+    stderr.print(f"videoserve is serving at {url}/v1 (OpenAI Videos API); metrics at {url}/metrics")
+    try:
+        if sample_prompt is not None:
+            _generate_on_server(url, {"prompt": sample_prompt, "seed": 42}, None, sample_output)
+        if not exit_after_sample:
+            stderr.print("Press Ctrl-C to stop.")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with stderr.status("Stopping..."):
+            serve.shutdown()
+            ray.shutdown()
+
+
+config_app = typer.Typer(help="Ray Serve config files for videoserve.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("render")
+def render_config(
+    model: Annotated[str | None, typer.Option(help="Preset name or directory.")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Print the default Serve config (every deployment's options), ready to edit."""
+    import yaml
+
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import default_serve_config
+
+    app_config = AppConfig() if model is None else AppConfig(model=model)
+    typer.echo(CONFIG_HEADER + yaml.safe_dump(default_serve_config(app_config, host, port), sort_keys=False), nl=False)
+
+
+CONFIG_HEADER = """\
+# videoserve on Ray Serve: `serve run deploy/videoserve.yaml`, `serve deploy deploy/videoserve.yaml`
+# or `videoserve up --config deploy/videoserve.yaml`. Generated by `videoserve config render`.
+# `args` is videoserve's AppConfig (serve/app_config.py); `deployments` are Ray Serve's own
+# per-deployment options (ray_actor_options, autoscaling_config, max_ongoing_requests, ...).
+# To pin a stage's replica count, set `num_replicas: N` and `autoscaling_config: null`.
+"""
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""The HTTP API: OpenAI Videos API shape plus videoserve's extensions."""

@@ -1,0 +1,79 @@
+"""The application's configuration: validated once, at the edge, then passed to every deployment.
+
+This is the ``args`` block of an application in a Ray Serve config file (see
+``deploy/videoserve.yaml``); per-deployment replica/resource options live beside it, in
+that file's ``deployments`` list, in Ray Serve's own format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    state_dir: str = Field("~/.local/state/videoserve", description="Jobs database and artifacts live here.")
+    job_store_url: str | None = Field(None, description="sqlite:///path or redis://host:port/db; default a SQLite file in state_dir.")
+    artifact_dir: str | None = Field(None, description="Default: state_dir/artifacts (a shared volume on multi-node).")
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+    def resolved_job_store_url(self) -> str:
+        return self.job_store_url or f"sqlite:///{self.resolved_state_dir() / 'jobs.db'}"
+
+    def resolved_artifact_dir(self) -> Path:
+        return Path(self.artifact_dir).expanduser() if self.artifact_dir else self.resolved_state_dir() / "artifacts"
+
+
+class JobsConfig(_Strict):
+    max_queued: int = Field(256, ge=1, description="Past this many queued jobs, POST answers 429.")
+    max_concurrent_per_ingress: int = Field(16, ge=1, description="Jobs one ingress replica runs at once.")
+    lease_seconds: float = Field(30.0, gt=0, description="A job whose worker stops renewing for this long is resumed elsewhere.")
+    max_attempts: int = Field(3, ge=1, description="Runs of one job before it ends failed.")
+    poll_interval_seconds: float = Field(0.2, gt=0)
+
+
+class ApiConfig(_Strict):
+    max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    poll_after_ms: int = Field(1000, ge=100, description="The openai-poll-after-ms hint sent to clients.")
+
+
+class WebhookConfig(_Strict):
+    secret: str | None = Field(None, description="whsec_... ; default: generated once into state_dir/webhook_secret.")
+    max_attempts: int = Field(6, ge=1)
+    initial_backoff_seconds: float = Field(0.5, gt=0)
+
+
+class PromptExpanderConfig(_Strict):
+    model: str | None = Field(None, description="Instruction LLM (tiny-llm, a directory or a hub id); off when unset.")
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+
+
+class PostProcessingConfig(_Strict):
+    upscaler_model_dir: str | None = Field(None, description="Swin2SR directory; lanczos when unset.")
+
+
+class AppConfig(_Strict):
+    model: str = Field("tiny", description="Preset name or diffusers-format Wan directory.")
+    cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
+    storage: StorageConfig = StorageConfig()
+    jobs: JobsConfig = JobsConfig()
+    api: ApiConfig = ApiConfig()
+    webhooks: WebhookConfig = WebhookConfig()
+    prompt_expander: PromptExpanderConfig = PromptExpanderConfig()
+    post_processing: PostProcessingConfig = PostProcessingConfig()
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+    def resolved_device(self) -> str:
+        from engine.stage_placement import default_device
+
+        return default_device() if self.device == "auto" else self.device

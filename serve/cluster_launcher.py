@@ -1,0 +1,119 @@
+"""Starting the application on a Ray cluster from a Ray Serve config file.
+
+This applies a config exactly as ``serve run config.yaml`` and ``serve deploy`` do (the
+controller's apply_config), so deployment overrides in the file behave the same here, in
+``videoserve up``, and under KubeRay.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve.app_builder import APP_NAME, DEFAULT_DEPLOYMENT_OPTIONS, deployment_names
+from serve.app_config import AppConfig
+
+IMPORT_PATH = "serve.app_builder:build_app"
+
+
+class DeployFailed(RuntimeError):
+    pass
+
+
+def default_serve_config(app_config: AppConfig | None = None, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
+    """A complete Serve config: the app's args plus every deployment's default options."""
+    app_config = app_config or AppConfig()
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": app_config.model_dump(mode="json", exclude_defaults=True),
+                "deployments": [
+                    {"name": name, **DEFAULT_DEPLOYMENT_OPTIONS[name]} for name in deployment_names(app_config)
+                ],
+            }
+        ],
+    }
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(Path(path).read_text())
+    ServeDeploySchema.model_validate(data)  # fail here, with Serve's own message, not in the controller
+    for application in data["applications"]:
+        AppConfig.model_validate(application.get("args") or {})
+    return data
+
+
+def with_overrides(config: dict[str, Any], *, args: dict[str, Any] | None = None, host: str | None = None,
+                   port: int | None = None) -> dict[str, Any]:
+    """Command-line flags win over the file: merge them into the app's args / http options."""
+    config = yaml.safe_load(yaml.safe_dump(config))  # deep copy
+    if host is not None:
+        config.setdefault("http_options", {})["host"] = host
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = port
+    if args:
+        application = _application(config)
+        merged = _deep_merge(application.get("args") or {}, args)
+        AppConfig.model_validate(merged)
+        application["args"] = merged
+    return config
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 600) -> None:
+    """Start Serve (HTTP proxy per the config) and apply the config; wait until it runs."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    if not ray.is_initialized():
+        ray.init(namespace="serve")
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+    )
+    client.deploy_apps(schema)
+    wait_until_running([app.name for app in schema.applications], timeout_s)
+
+
+def wait_until_running(app_names: list[str], timeout_s: float) -> None:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        applications = serve.status().applications
+        statuses = {name: applications.get(name) for name in app_names}
+        for name, status in statuses.items():
+            if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+                raise DeployFailed(f"application {name} failed to deploy: {status.message}")
+        if all(status is not None and status.status == ApplicationStatus.RUNNING for status in statuses.values()):
+            return
+        time.sleep(0.5)
+    raise DeployFailed(f"applications {app_names} were not running after {timeout_s:.0f}s")
+
+
+def _application(config: dict[str, Any]) -> dict[str, Any]:
+    for application in config["applications"]:
+        if application.get("import_path") == IMPORT_PATH:
+            return application
+    raise ValueError(f"the config has no application with import_path {IMPORT_PATH}")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.post_processing.post_processor import PostProcessOptions, PostProcessor, PostProcessResult
+from engine.stage_types import Frames
+from serve.app_config import AppConfig
+
+
+class PostProcessorDeployment:
+    def __init__(self, config: dict):
+        app_config = AppConfig.model_validate(config)
+        self.stage = PostProcessor(app_config.post_processing.upscaler_model_dir, device=app_config.resolved_device())
+
+    async def process(self, frames: Frames, options: PostProcessOptions, output_dir: str) -> PostProcessResult:
+        return await asyncio.to_thread(self.stage.process, frames, options, Path(output_dir))

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from engine.stages.prompt_expander import PromptExpander, PromptExpanderConfig
+from serve.app_config import AppConfig
+
+
+class PromptExpanderDeployment:
+    def __init__(self, config: dict):
+        app_config = AppConfig.model_validate(config)
+        settings = app_config.prompt_expander
+        if settings.model is None:
+            raise ValueError("PromptExpander deployed without prompt_expander.model")
+        self.stage = PromptExpander(
+            PromptExpanderConfig(model=settings.model, max_new_tokens=settings.max_new_tokens),
+            app_config.resolved_cache_dir(),
+        )
+
+    # Prompts arriving together share one generate call.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def expand(self, prompts: list[str]) -> list[str]:
+        return await asyncio.to_thread(self.stage.expand, prompts)

@@ -1,0 +1,346 @@
+"""The orchestrator: claims jobs from the store and runs each through the stage deployments.
+
+Every ingress replica runs one JobRunner. Jobs are claimed with a lease that a heartbeat
+renews; a job whose runner died (or a whole app that stopped) is claimed again once its
+lease expires, so an accepted job is never lost. Tensors move between stages through
+Ray's object store: the runner relays references and reads only small values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from engine.model_spec import ModelSpec
+from engine.post_processing.post_processor import PostProcessOptions, PostProcessResult
+from engine.stage_types import GenerationRequest
+from serve.app_config import AppConfig
+from serve.artifact_store import ArtifactStore
+from serve.deployments.denoiser import DenoiseDone, DenoiseProgress
+from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.metrics import VideoServeMetrics
+from serve.webhooks import WebhookSender
+
+logger = logging.getLogger("videoserve.jobs")
+
+# Where each stage puts the progress bar: denoising is most of the work.
+STAGE_PROGRESS = {"prompt_expander": 1, "text_encoder": 2, "image_conditioner": 4, "vae_decoder": 91, "post_processor": 95}
+DENOISE_PROGRESS = (5, 90)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobLeaseLost(Exception):
+    pass
+
+
+@dataclass
+class StageHandles:
+    text_encoder: Any
+    denoiser: Any
+    vae_decoder: Any
+    post_processor: Any
+    image_conditioner: Any | None = None
+    prompt_expander: Any | None = None
+
+
+def engine_request(job: JobRecord, spec: ModelSpec, image: bytes | None) -> GenerationRequest:
+    """The validated request stored with the job, back as the engine's boundary type."""
+    fields = job.params["engine"]
+    return GenerationRequest(request_id=job.id, model=spec.name, task=spec.task, image=image, **fields)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        config: AppConfig,
+        spec: ModelSpec,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        handles: StageHandles,
+        metrics: VideoServeMetrics,
+        webhooks: WebhookSender | None,
+    ):
+        self.config = config
+        self.spec = spec
+        self.store = store
+        self.artifacts = artifacts
+        self.handles = handles
+        self.metrics = metrics
+        self.webhooks = webhooks
+        self.owner = f"runner-{uuid.uuid4().hex[:12]}"
+        self._running: dict[str, asyncio.Task] = {}
+        self._background: list[asyncio.Task] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        self._background = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._heartbeat_loop())]
+
+    async def stop(self) -> None:
+        """Stop claiming and hand running jobs back to the queue for whoever runs next."""
+        self._stopping = True
+        running = dict(self._running)
+        for task in [*self._background, *running.values()]:
+            task.cancel()
+        await asyncio.gather(*self._background, *running.values(), return_exceptions=True)
+        for job_id in running:
+            try:
+                self.store.update(job_id, status=JobStatus.QUEUED, stage=None, progress=0, lease_owner=None,
+                                  lease_expires_at=None)
+            except Exception:  # the lease then expires and the job is resumed all the same
+                logger.exception("handing %s back to the queue failed", job_id)
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._running)
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Stop a job this replica runs now; it ends at the next step boundary."""
+        task = self._running.get(job_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def _claim_loop(self) -> None:
+        jobs = self.config.jobs
+        while not self._stopping:
+            job = None
+            if len(self._running) < jobs.max_concurrent_per_ingress:
+                try:
+                    job = await asyncio.to_thread(self.store.claim, self.owner, jobs.lease_seconds)
+                except Exception:  # a store outage must not kill the loop
+                    logger.exception("claiming a job failed")
+            if job is None:
+                await asyncio.sleep(jobs.poll_interval_seconds)
+                continue
+            self._running[job.id] = asyncio.create_task(self._run(job))
+            self.metrics.jobs_running.set(len(self._running))
+
+    async def _heartbeat_loop(self) -> None:
+        lease = self.config.jobs.lease_seconds
+        while not self._stopping:
+            await asyncio.sleep(lease / 3)
+            for job_id, task in list(self._running.items()):
+                try:
+                    held = await asyncio.to_thread(self.store.renew, job_id, self.owner, lease)
+                except Exception:
+                    logger.exception("renewing the lease of %s failed", job_id)
+                    continue
+                if not held:  # another runner took it over (we looked dead): stop our copy
+                    task.cancel(msg="lease lost")
+
+    async def _run(self, job: JobRecord) -> None:
+        try:
+            await self._execute(job)
+        except asyncio.CancelledError:
+            current = await asyncio.to_thread(self.store.get, job.id)
+            if self._stopping:
+                # Shutting down: leave the job in progress; its lease expires and another
+                # runner (or this app after a restart) resumes it.
+                pass
+            elif current is None or current.cancel_requested:
+                await self._finish_cancelled(job.id)
+        except Exception as error:  # a stage failed: retry or give up, never drop the job
+            await self._handle_failure(job, error)
+        finally:
+            self._running.pop(job.id, None)
+            self.metrics.jobs_running.set(len(self._running))
+
+    async def _execute(self, job: JobRecord) -> None:
+        if job.cancel_requested:
+            raise asyncio.CancelledError()
+        image = Path(job.input_image_path).read_bytes() if job.input_image_path else None
+        request = engine_request(job, self.spec, image)
+        options = job.params.get("options", {})
+        handles = self.handles
+
+        if options.get("expand_prompt"):
+            await self._progress(job.id, "prompt_expander")
+            expanded = await self._timed("prompt_expander", handles.prompt_expander.expand.remote(request.prompt))
+            request = _replace(request, prompt=expanded)
+            await self._update(job.id, metadata={**job.metadata, "expanded_prompt": expanded})
+
+        await self._progress(job.id, "text_encoder")
+        text = await self._stage_ref("text_encoder", handles.text_encoder.encode.remote(request))
+        image_conditioning = None
+        if self.spec.is_image_to_video:
+            await self._progress(job.id, "image_conditioner")
+            image_conditioning = await self._stage_ref(
+                "image_conditioner", handles.image_conditioner.condition.remote(request)
+            )
+
+        latents = await self._denoise(job.id, request, text, image_conditioning)
+
+        await self._progress(job.id, "vae_decoder")
+        frames = await self._stage_ref("vae_decoder", handles.vae_decoder.decode.remote(latents, request.fps))
+        await self._progress(job.id, "post_processor")
+        post_options = PostProcessOptions(
+            interpolate_fps=options.get("interpolate_fps"), upscale=options.get("upscale"), write_frames=True
+        )
+        output_dir = str(self.artifacts.job_dir(job.id))
+        result: PostProcessResult = await self._timed(
+            "post_processor", handles.post_processor.process.remote(frames, post_options, output_dir)
+        )
+        await self._complete(job, request, result)
+
+    async def _denoise(self, job_id: str, request: GenerationRequest, text, image_conditioning):
+        low, high = DENOISE_PROGRESS
+        started = time.perf_counter()
+        self.metrics.stage_in_flight.labels("denoiser").inc()
+        stream = self.handles.denoiser.options(stream=True).denoise.remote(request, text, image_conditioning)
+        try:
+            async for event in stream:
+                if isinstance(event, DenoiseDone):
+                    self.metrics.stage_latency.labels("denoiser").observe(time.perf_counter() - started)
+                    return event.latents
+                assert isinstance(event, DenoiseProgress)
+                self.metrics.steps.inc()
+                self.metrics.step_seconds.observe(event.step_seconds)
+                self.metrics.batch_size.observe(event.batch_size)
+                current = await self._update(
+                    job_id,
+                    stage="denoiser",
+                    step=event.step,
+                    total_steps=event.total_steps,
+                    progress=low + (high - low) * event.step // event.total_steps,
+                    metadata={"step_seconds": event.step_seconds},
+                )
+                if current is None or current.cancel_requested:
+                    stream.cancel()
+                    raise asyncio.CancelledError()
+            raise RuntimeError("the denoiser stream ended without latents")
+        except (asyncio.CancelledError, JobCancelled):
+            stream.cancel()
+            raise
+        except Exception:
+            self.metrics.stage_failures.labels("denoiser").inc()
+            raise
+        finally:
+            self.metrics.stage_in_flight.labels("denoiser").dec()
+
+    async def _stage_ref(self, stage: str, response) -> ray.ObjectRef:
+        """Wait for a stage's result without fetching it; hand back its object reference."""
+        started = time.perf_counter()
+        self.metrics.stage_in_flight.labels(stage).inc()
+        try:
+            ref = await response._to_object_ref()
+            await asyncio.to_thread(ray.wait, [ref], fetch_local=False)
+            # Surfaces the stage's exception (if any) without moving a tensor here.
+            ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
+            if not ready:
+                raise RuntimeError(f"{stage} result not ready")
+        except Exception:
+            self.metrics.stage_failures.labels(stage).inc()
+            raise
+        finally:
+            self.metrics.stage_in_flight.labels(stage).dec()
+        self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - started)
+        return ref
+
+    async def _timed(self, stage: str, response):
+        started = time.perf_counter()
+        self.metrics.stage_in_flight.labels(stage).inc()
+        try:
+            return await response
+        except Exception:
+            self.metrics.stage_failures.labels(stage).inc()
+            raise
+        finally:
+            self.metrics.stage_in_flight.labels(stage).dec()
+            self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - started)
+
+    async def _progress(self, job_id: str, stage: str) -> None:
+        current = await self._update(job_id, stage=stage, progress=STAGE_PROGRESS[stage])
+        if current is None or current.cancel_requested:
+            raise asyncio.CancelledError()
+
+    async def _update(self, job_id: str, **changes) -> JobRecord | None:
+        if "metadata" in changes:
+            existing = await asyncio.to_thread(self.store.get, job_id)
+            if existing is None:
+                return None
+            changes["metadata"] = {**existing.metadata, **changes["metadata"]}
+        return await asyncio.to_thread(self.store.update, job_id, **changes)
+
+    async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult) -> None:
+        artifacts = {"video": result.video_path, "thumbnail": result.thumbnail_path}
+        if result.frames_path:
+            artifacts["frames"] = result.frames_path
+        now = time.time()
+        record = await self._update(
+            job.id,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            stage=None,
+            completed_at=now,
+            artifacts=artifacts,
+            metadata={
+                "num_frames": result.num_frames,
+                "width": result.width,
+                "height": result.height,
+                "fps": result.fps,
+            },
+        )
+        if record is None:  # deleted while it ran: leave nothing behind
+            self.artifacts.delete(job.id)
+            return
+        await asyncio.to_thread(self.store.release, job.id, self.owner)
+        self.metrics.jobs_finished.labels("completed").inc()
+        self.metrics.job_duration.observe(now - job.created_at)
+        await self._notify(record, "video.completed")
+
+    async def _finish_cancelled(self, job_id: str) -> None:
+        record = await self._update(job_id, status=JobStatus.CANCELLED, stage=None, completed_at=time.time())
+        if record is None:  # deleted through the API, which counted it and removed its files
+            self.artifacts.delete(job_id)
+            return
+        await asyncio.to_thread(self.store.release, job_id, self.owner)
+        self.metrics.jobs_finished.labels("cancelled").inc()
+
+    async def _handle_failure(self, job: JobRecord, error: Exception) -> None:
+        logger.warning("job %s attempt %d failed: %r", job.id, job.attempts, error)
+        current = await asyncio.to_thread(self.store.get, job.id)
+        if current is None or current.status in TERMINAL_STATUSES:
+            return
+        if current.attempts < self.config.jobs.max_attempts:
+            self.metrics.job_retries.inc()
+            await self._update(job.id, status=JobStatus.QUEUED, stage=None, progress=0, lease_owner=None,
+                               lease_expires_at=None, error_message=f"attempt {current.attempts} failed: {error}")
+            return
+        record = await self._update(
+            job.id,
+            status=JobStatus.FAILED,
+            stage=None,
+            completed_at=time.time(),
+            error_code="generation_failed",
+            error_message=f"failed after {current.attempts} attempts: {error}",
+        )
+        await asyncio.to_thread(self.store.release, job.id, self.owner)
+        self.metrics.jobs_finished.labels("failed").inc()
+        if record is not None:
+            await self._notify(record, "video.failed")
+
+    async def _notify(self, record: JobRecord, event_type: str) -> None:
+        if self.webhooks is None or not record.webhook_url:
+            return
+        from serve.api.video_object import video_object
+
+        payload = video_object(record, self.spec).model_dump(mode="json")
+        # Delivery retries with backoff in the background; the job is already final.
+        asyncio.create_task(self.webhooks.send(record.webhook_url, event_type, payload))
+
+
+def _replace(request: GenerationRequest, **changes) -> GenerationRequest:
+    from dataclasses import replace
+
+    return replace(request, **changes)

@@ -1,0 +1,113 @@
+"""What the HTTP routes do, apart from HTTP: create, read, list, delete jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+
+from engine.model_spec import ModelSpec
+from serve.api.create_request import CreateVideoFields, check_options, generation_request
+from serve.api.errors import APIError
+from serve.api.video_object import VideoObject, video_object
+from serve.app_config import AppConfig
+from serve.artifact_store import VARIANT_FILES, ArtifactStore
+from serve.job_runner import JobRunner
+from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.metrics import VideoServeMetrics
+
+
+class VideoService:
+    def __init__(self, config: AppConfig, spec: ModelSpec, store: JobStore, artifacts: ArtifactStore,
+                 metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool):
+        self.config = config
+        self.spec = spec
+        self.store = store
+        self.artifacts = artifacts
+        self.metrics = metrics
+        self.runner = runner
+        self.expander_enabled = expander_enabled
+
+    async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
+        if fields.model is not None and fields.model != self.spec.name:
+            raise APIError(404, f"model {fields.model!r} is not served here; this server serves {self.spec.name!r}",
+                           param="model", code="model_not_found")
+        job_id = f"video_{uuid.uuid4().hex}"
+        request = generation_request(fields, image, self.spec, job_id)
+        options = check_options(fields, request, self.expander_enabled)
+        counts = await asyncio.to_thread(self.store.count_by_status)
+        if counts.get(JobStatus.QUEUED, 0) >= self.config.jobs.max_queued:
+            raise APIError(429, f"{self.config.jobs.max_queued} jobs are already queued; retry later",
+                           code="queue_full", headers={"Retry-After": "5"})
+        engine_fields = {
+            field.name: getattr(request, field.name)
+            for field in dataclasses.fields(request)
+            if field.name not in ("request_id", "model", "task", "image")
+        }
+        now = time.time()
+        image_path = None
+        if request.image is not None:
+            image_path = str(await asyncio.to_thread(self.artifacts.save_input_image, job_id, request.image))
+        record = JobRecord(
+            id=job_id,
+            model=self.spec.name,
+            created_at=now,
+            updated_at=now,
+            params={"engine": engine_fields, "options": options},
+            input_image_path=image_path,
+            webhook_url=fields.webhook_url,
+            seed=request.seed,
+            total_steps=request.num_inference_steps,
+        )
+        # Durable before the client learns the id: from here on the job is never lost.
+        await asyncio.to_thread(self.store.create, record)
+        return await self.describe(record)
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await asyncio.to_thread(self.store.get, job_id) if _looks_like_id(job_id) else None
+        if record is None:
+            raise APIError(404, f"no video with id {job_id!r}", param="video_id", code="not_found")
+        return record
+
+    async def describe(self, record: JobRecord) -> VideoObject:
+        position = None
+        if record.status is JobStatus.QUEUED:
+            position = await asyncio.to_thread(self.store.queued_ahead, record.id)
+        return video_object(record, self.spec, position)
+
+    async def list(self, after: str | None, limit: int, order: str) -> tuple[list[VideoObject], bool]:
+        try:
+            records, has_more = await asyncio.to_thread(self.store.list, after=after, limit=limit, order=order)
+        except KeyError:
+            raise APIError(404, f"no video with id {after!r} to list after", param="after", code="not_found") from None
+        return [video_object(record, self.spec) for record in records], has_more
+
+    async def delete(self, job_id: str) -> None:
+        record = await self.get(job_id)
+        if record.status not in TERMINAL_STATUSES:
+            # A running job stops at its next denoising step: its runner sees the flag.
+            await asyncio.to_thread(self.store.update, job_id, cancel_requested=True)
+            if self.runner is not None:
+                self.runner.cancel_local(job_id)
+            self.metrics.jobs_finished.labels("cancelled").inc()
+        await asyncio.to_thread(self.store.delete, job_id)
+        await asyncio.to_thread(self.artifacts.delete, job_id)
+
+    async def content_path(self, job_id: str, variant: str) -> Path:
+        record = await self.get(job_id)
+        if variant not in VARIANT_FILES:
+            raise APIError(400, f"variant: must be one of {', '.join(VARIANT_FILES)} (got {variant!r})",
+                           param="variant", code="invalid_value")
+        if record.status is not JobStatus.COMPLETED:
+            raise APIError(409, f"video {job_id} is {record.status.value}; content is available once it is completed",
+                           code="video_not_ready")
+        path = record.artifacts.get(variant)
+        if path is None or not Path(path).is_file():
+            raise APIError(404, f"video {job_id} has no {variant} content", param="variant", code="not_found")
+        return Path(path)
+
+
+def _looks_like_id(job_id: str) -> bool:
+    return 0 < len(job_id) <= 128 and job_id.replace("_", "").replace("-", "").isalnum()

@@ -1,0 +1,82 @@
+"""A real local Ray cluster (one per test session) and videoserve deployed on it."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXZpZGVvc2VydmUtdGVzdHMh"  # base64 of a 32-byte test secret
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class DeployedCluster:
+    port: int
+    config: dict
+    state_dirs: dict[str, Path]
+
+    def url(self, app: str) -> str:
+        prefix = "" if app == "t2v" else f"/{app}"
+        return f"http://127.0.0.1:{self.port}{prefix}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    # Short temp path: Ray's unix socket paths must stay under ~100 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # Logical CPUs only: every stage asks for a fraction, and tests run many replicas.
+    ray.init(num_cpus=8, include_dashboard=False, namespace="serve", _temp_dir=temp_dir, log_to_driver=False)
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dict, dict[str, Path]]:
+    """Two applications: text-to-video at /, image-to-video at /i2v with every stage scaled to 2."""
+    from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import default_serve_config
+
+    state_dirs = {"t2v": state_root / "t2v", "i2v": state_root / "i2v"}
+    common = {
+        "cache_dir": str(preset_cache),
+        "device": "cpu",
+        "jobs": {"lease_seconds": 3.0, "poll_interval_seconds": 0.05, "max_queued": 64},
+        "api": {"poll_after_ms": 100, "max_request_bytes": 256 * 1024},
+        "webhooks": {"secret": WEBHOOK_SECRET, "initial_backoff_seconds": 0.05},
+    }
+    t2v = default_serve_config(
+        AppConfig.model_validate({**common, "model": "tiny", "storage": {"state_dir": str(state_dirs["t2v"])}}),
+        port=port,
+    )
+    i2v_config = AppConfig.model_validate(
+        {**common, "model": "tiny-i2v", "storage": {"state_dir": str(state_dirs["i2v"])},
+         "prompt_expander": {"model": "tiny-llm", "max_new_tokens": 8}}
+    )
+    i2v = default_serve_config(i2v_config, port=port)["applications"][0]
+    i2v["name"], i2v["route_prefix"] = "i2v", "/i2v"
+    # The config file decides replica counts: every model stage of this app runs two.
+    for deployment in i2v["deployments"]:
+        if deployment["name"] != "VideoAPI":
+            # A fixed count replaces the code's autoscaling: null switches that off explicitly.
+            deployment["autoscaling_config"] = None
+            deployment["num_replicas"] = 2
+    t2v["applications"][0]["name"] = "t2v"
+    t2v["applications"].append(i2v)
+    assert set(DEFAULT_DEPLOYMENT_OPTIONS) >= {d["name"] for d in i2v["deployments"]}
+    return t2v, state_dirs
