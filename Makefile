@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job: generate a sample video with the built-in default model.
+# The main job: start the local cluster with the built-in default model, generate a sample
+# video through the HTTP API, save it, and keep serving until Ctrl-C (UP_ARGS=--exit-after-sample to stop).
+UP_ARGS ?=
 run: install
-	$(BIN)/videoserve generate --model $(MODEL) --prompt "$(PROMPT)" --seed 42 -o $(OUTPUT)
+	$(BIN)/videoserve up --model $(MODEL) --sample-prompt "$(PROMPT)" --sample-output $(OUTPUT) $(UP_ARGS)
 
 # The whole test suite. It starts a real redis-server, installed here if missing (Debian).
 test: install redis-server

@@ -1,0 +1,114 @@
+"""Job runner policies and API back-pressure, without a Ray cluster.
+
+The runner talks to stages through Ray Serve handles; no real stage can be made to fail
+on demand, so the failing stage here is a stand-in object with the handle's call shape.
+Everything else (job store, artifact store, metrics, FastAPI routes) is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.api.routes import create_api
+from serve.app_config import AppConfig
+from serve.artifact_store import ArtifactStore
+from serve.job_runner import JobRunner, StageHandles
+from serve.job_store import JobRecord, JobStatus, open_job_store
+from serve.metrics import VideoServeMetrics
+from serve.video_service import VideoService
+
+
+class _CrashingStage:
+    """Stands in for a DeploymentHandle method whose replica keeps crashing."""
+
+    calls = 0
+
+    def remote(self, *args):
+        _CrashingStage.calls += 1
+        return self
+
+    async def _to_object_ref(self):
+        raise RuntimeError("text encoder replica crashed")
+
+
+class _StageHandleStandIn:
+    encode = _CrashingStage()
+
+
+def _service(tmp_path, spec, **jobs):
+    config = AppConfig(storage={"state_dir": str(tmp_path)}, jobs={"lease_seconds": 5, "poll_interval_seconds": 0.01, **jobs})
+    store = open_job_store(config.storage.resolved_job_store_url())
+    metrics = VideoServeMetrics(lambda: {s.value: n for s, n in store.count_by_status().items()})
+    artifacts = ArtifactStore(config.storage.resolved_artifact_dir())
+    return config, store, metrics, artifacts
+
+
+def _queued_job(spec, store, job_id="video_poisoned"):
+    now = time.time()
+    engine = {"prompt": "a", "negative_prompt": "", "width": 32, "height": 32, "num_frames": 5,
+              "num_inference_steps": 1, "guidance_scale": 1.0, "flow_shift": 3.0, "seed": 1, "fps": 16}
+    store.create(JobRecord(id=job_id, model=spec.name, created_at=now, updated_at=now,
+                           params={"engine": engine, "options": {}}))
+
+
+def test_a_poisoned_job_is_retried_a_bounded_number_of_times_then_fails_with_its_reason(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=3)
+    _queued_job(tiny_spec, store)
+    handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
+    runner = JobRunner(config, tiny_spec, store, artifacts, handles, metrics, webhooks=None)
+    _CrashingStage.calls = 0
+
+    async def run_until_final():
+        runner.start()
+        try:
+            while store.get("video_poisoned").status not in (JobStatus.FAILED, JobStatus.COMPLETED):
+                await asyncio.sleep(0.02)
+        finally:
+            await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    job = store.get("video_poisoned")
+    assert job.status is JobStatus.FAILED
+    assert job.attempts == 3 == _CrashingStage.calls
+    assert "failed after 3 attempts" in job.error_message and "text encoder replica crashed" in job.error_message
+    assert metrics.job_retries._value.get() == 2
+    assert metrics.jobs_finished.labels("failed")._value.get() == 1
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_keeps_serving(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_queued=2)
+    api = create_api()
+    api.state.service = VideoService(config, tiny_spec, store, artifacts, metrics, runner=None, expander_enabled=False)
+    with TestClient(api) as client:
+        accepted = [client.post("/v1/videos", json={"prompt": f"clip {n}"}) for n in range(2)]
+        assert [response.status_code for response in accepted] == [200, 200]
+        assert [response.json()["queue_position"] for response in accepted] == [0, 1]
+        refused = client.post("/v1/videos", json={"prompt": "one too many"})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert client.get(f"/v1/videos/{accepted[0].json()['id']}").status_code == 200
+    # Nothing was lost: both accepted jobs are in the store, the refused one is not.
+    assert store.count_by_status()[JobStatus.QUEUED] == 2
+
+
+def test_a_job_whose_runner_vanished_is_claimed_again_after_its_lease(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec)
+    _queued_job(tiny_spec, store, "video_orphan")
+    first = store.claim("runner-that-dies", lease_seconds=0.2)
+    assert first.id == "video_orphan" and store.claim("other", lease_seconds=5) is None
+    time.sleep(0.3)
+    again = store.claim("other", lease_seconds=5)
+    assert again.id == "video_orphan" and again.attempts == 2 and again.lease_owner == "other"
+
+
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED])
+def test_finished_jobs_are_never_claimed(tmp_path, tiny_spec, status):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec)
+    _queued_job(tiny_spec, store, "video_done")
+    store.update("video_done", status=status)
+    assert store.claim("runner", lease_seconds=5) is None
