@@ -14,13 +14,11 @@ built from constants, so two machines build byte-identical presets.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.builtin_presets import PRESET_METADATA_FILE
+from engine.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
 LLM_BUILDER_VERSION = 1
@@ -100,22 +98,8 @@ def builtin_llm_dir(name: str, cache_dir: Path) -> Path:
     if name not in BUILTIN_LLM_PRESETS:
         raise KeyError(f"unknown built-in LLM preset {name!r}; known: {', '.join(BUILTIN_LLM_PRESETS)}")
     target = Path(cache_dir) / "presets" / f"{name}-v{LLM_BUILDER_VERSION}"
-    if (target / PRESET_METADATA_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so a concurrent first use (several
-    # stage processes starting together) never sees a half-written preset.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        save_random_llm(BUILTIN_LLM_PRESETS[name], staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / PRESET_METADATA_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, lambda directory: save_random_llm(BUILTIN_LLM_PRESETS[name], directory),
+                      PRESET_METADATA_FILE)
 
 
 def save_random_llm(preset: BuiltinLlmPreset, directory: Path) -> None:

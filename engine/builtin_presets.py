@@ -13,13 +13,11 @@ build byte-identical presets.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.model_spec import GenerationDefaults, GenerationLimits, Task
+from engine.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
 BUILDER_VERSION = 1
@@ -149,22 +147,7 @@ def builtin_preset_dir(name: str, cache_dir: Path) -> Path:
     """Return the preset's diffusers-format directory, building it on first use."""
     preset = BUILTIN_PRESETS[name]
     target = Path(cache_dir) / "presets" / f"{name}-v{BUILDER_VERSION}"
-    if (target / PRESET_METADATA_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so a concurrent first use (several
-    # stage processes starting together) never sees a half-written preset.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        save_random_wan_pipeline(preset, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / PRESET_METADATA_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, lambda directory: save_random_wan_pipeline(preset, directory), PRESET_METADATA_FILE)
 
 
 def save_random_wan_pipeline(preset: BuiltinPreset, directory: Path) -> None:

@@ -7,7 +7,6 @@ import dataclasses
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import pytest
 import torch
