@@ -7,6 +7,7 @@ that file's ``deployments`` list, in Ray Serve's own format.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,16 @@ class PromptExpanderConfig(_Strict):
 
 class PostProcessingConfig(_Strict):
     upscaler_model_dir: str | None = Field(None, description="Swin2SR directory; lanczos when unset.")
+    interpolation_model: str | None = Field(
+        None, description="TorchScript frame-interpolation model (RIFE/FILM export); ffmpeg minterpolate when unset."
+    )
+
+    def learned_upscale_factor(self) -> int | None:
+        """The learned upscaler's fixed factor, read from its config without loading it."""
+        if self.upscaler_model_dir is None:
+            return None
+        config = Path(self.upscaler_model_dir).expanduser() / "config.json"
+        return int(json.loads(config.read_text())["upscale"])
 
 
 class AppConfig(_Strict):

@@ -29,6 +29,7 @@ class VideoService:
         self.metrics = metrics
         self.runner = runner
         self.expander_enabled = expander_enabled
+        self.learned_upscale_factor = config.post_processing.learned_upscale_factor()
 
     async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
         if fields.model is not None and fields.model != self.spec.name:
@@ -36,7 +37,7 @@ class VideoService:
                            param="model", code="model_not_found")
         job_id = f"video_{uuid.uuid4().hex}"
         request = generation_request(fields, image, self.spec, job_id)
-        options = check_options(fields, request, self.expander_enabled)
+        options = check_options(fields, request, self.expander_enabled, self.learned_upscale_factor)
         counts = await asyncio.to_thread(self.store.count_by_status)
         if counts.get(JobStatus.QUEUED, 0) >= self.config.jobs.max_queued:
             raise APIError(429, f"{self.config.jobs.max_queued} jobs are already queued; retry later",

@@ -140,6 +140,20 @@ def test_image_to_video_through_multipart(cluster, tiny_i2v_pipeline):
     assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_post_processing_interpolates_and_upscales(cluster):
+    client = openai_client(cluster)
+    video = client.videos.create_and_poll(
+        prompt="a river", size="32x32",
+        extra_body={"num_frames": 9, "fps": 8, "num_inference_steps": 2, "interpolate_fps": 24, "upscale": 2},
+    )
+    assert video.status == "completed", video
+    frames = np.load(io.BytesIO(client.videos.download_content(video.id, variant="frames").read()))
+    assert frames.shape == (27, 64, 64, 3)  # 9 frames at 8 fps -> 27 at 24 fps, each side doubled
+    with av.open(io.BytesIO(client.videos.download_content(video.id).read())) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (64, 64, 24)
+
+
 def test_prompt_expansion_runs_the_llm_stage(cluster):
     client = openai_client(cluster, "i2v")
     before = metric_samples(cluster.url("i2v"))[("videoserve_stage_latency_seconds_count", (("stage", "prompt_expander"),))]

@@ -11,6 +11,7 @@ from engine.post_processing.frame_interpolation import (
     check_interpolate_fps,
     interpolate_with_ffmpeg,
 )
+from engine.post_processing.learned_interpolation import LearnedInterpolator
 from engine.post_processing.thumbnail import write_thumbnail
 from engine.post_processing.upscaling import (
     LANCZOS_FACTORS,
@@ -61,11 +62,16 @@ class PostProcessor:
     """Interpolates, upscales, then writes the video, its thumbnail and (optionally) its frames.
 
     With ``upscaler_dir`` set, upscaling uses that learned Swin2SR model (fixed factor);
-    otherwise Lanczos at any factor in LANCZOS_FACTORS.
+    otherwise Lanczos at any factor in LANCZOS_FACTORS. With ``interpolation_model`` (a
+    TorchScript file) set, interpolation uses that learned model; otherwise ffmpeg's
+    motion-compensated minterpolate.
     """
 
-    def __init__(self, upscaler_dir: str | None = None, device: str = "cpu"):
+    def __init__(self, upscaler_dir: str | None = None, device: str = "cpu", interpolation_model: str | None = None):
         self.learned_upscaler = LearnedUpscaler(upscaler_dir, device=device) if upscaler_dir else None
+        self.learned_interpolator = (
+            LearnedInterpolator(interpolation_model, device=device) if interpolation_model else None
+        )
 
     def process(self, frames: Frames, options: PostProcessOptions, output_dir: Path) -> PostProcessResult:
         array = checked_frames(frames.frames)
@@ -87,7 +93,10 @@ class PostProcessor:
         # less than on the upscaled one, and Lanczos/Swin2SR need no temporal context.
         fps = frames.fps
         if options.interpolate_fps is not None:
-            array = interpolate_with_ffmpeg(array, frames.fps, options.interpolate_fps)
+            if self.learned_interpolator is not None:
+                array = self.learned_interpolator.interpolate(array, frames.fps, options.interpolate_fps)
+            else:
+                array = interpolate_with_ffmpeg(array, frames.fps, options.interpolate_fps)
             fps = options.interpolate_fps
         if factor > 1:
             array = learned.upscale(array) if learned is not None else upscale_lanczos(array, factor)

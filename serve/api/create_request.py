@@ -122,7 +122,8 @@ def generation_request(fields: CreateVideoFields, image: bytes | None, spec: Mod
         raise APIError(400, f"{label}: {first.message}", param=param, code="invalid_value") from None
 
 
-def check_options(fields: CreateVideoFields, request: GenerationRequest, expander_enabled: bool) -> dict[str, Any]:
+def check_options(fields: CreateVideoFields, request: GenerationRequest, expander_enabled: bool,
+                  learned_upscale_factor: int | None = None) -> dict[str, Any]:
     if fields.expand_prompt and not expander_enabled:
         raise APIError(400, "expand_prompt: no prompt-expansion model is configured on this server",
                        param="expand_prompt", code="unsupported")
@@ -133,6 +134,9 @@ def check_options(fields: CreateVideoFields, request: GenerationRequest, expande
     if fields.upscale is not None and fields.upscale not in UPSCALE_FACTORS:
         raise APIError(400, f"upscale: must be one of {UPSCALE_FACTORS} (got {fields.upscale})", param="upscale",
                        code="invalid_value")
+    if learned_upscale_factor and fields.upscale not in (None, 1, learned_upscale_factor):
+        raise APIError(400, f"upscale: this server's learned upscaler is x{learned_upscale_factor} "
+                            f"(got {fields.upscale})", param="upscale", code="invalid_value")
     if fields.webhook_url is not None:
         from serve.webhooks import validate_webhook_url
 
