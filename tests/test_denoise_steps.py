@@ -63,17 +63,19 @@ def test_callback_cancels_at_the_next_step(tiny_pipeline):
     assert seen == [1, 2]
 
 
-@pytest.mark.parametrize("guidance,forwards_per_step", [(1.0, 1), (0.0, 1), (1.01, 2), (5.0, 2)])
-def test_unconditional_pass_runs_only_when_guidance_exceeds_one(tiny_pipeline, guidance, forwards_per_step):
+@pytest.mark.parametrize("guidance,rows_per_forward", [(1.0, 1), (0.0, 1), (1.01, 2), (5.0, 2)])
+def test_unconditional_rows_join_the_forward_only_when_guidance_exceeds_one(tiny_pipeline, guidance, rows_per_forward):
     task = _task(tiny_pipeline, num_inference_steps=3, guidance_scale=guidance)
-    assert (task.text.negative_prompt_embeds is not None) == (forwards_per_step == 2)
-    calls = []
-    hook = tiny_pipeline.denoiser.transformer.register_forward_hook(lambda *_: calls.append(1))
+    assert (task.text.negative_prompt_embeds is not None) == (rows_per_forward == 2)
+    rows = []
+    hook = tiny_pipeline.denoiser.transformer.register_forward_hook(
+        lambda module, args, kwargs, output: rows.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
     try:
         tiny_pipeline.denoiser.denoise(task)
     finally:
         hook.remove()
-    assert len(calls) == 3 * forwards_per_step
+    assert rows == [rows_per_forward] * 3  # one forward per step, cond and uncond together
 
 
 def test_protocol_misuse_is_refused(tiny_pipeline):

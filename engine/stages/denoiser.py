@@ -98,7 +98,7 @@ class WanDenoiser:
 
     @torch.no_grad()
     def step(self, states: Sequence[DenoiseState]) -> None:
-        """Advance every state by one step with one conditional (and one unconditional) forward."""
+        """Advance every state by one step: one batched forward, then each request's own scheduler."""
         if any(state.finished for state in states):
             raise ValueError("step() got a request that has already finished")
         noise_predictions = self._predict_noise(states)
@@ -122,27 +122,27 @@ class WanDenoiser:
         return self.finish(state)
 
     def _predict_noise(self, states: Sequence[DenoiseState]) -> list[torch.Tensor]:
+        """One forward for the whole step: every request's conditional row, then the
+        unconditional rows of those that use classifier-free guidance."""
         dtype = self.transformer.dtype
         model_input = torch.cat([self._model_input(state) for state in states]).to(dtype)
         timestep = torch.stack([state.timestep for state in states])
         image_embeds = self._image_embeds(states)
-        conditional = self._forward(
-            model_input, timestep, torch.cat([s.task.text.prompt_embeds for s in states]), image_embeds
-        )
         guided = [index for index, state in enumerate(states) if state.uses_classifier_free_guidance]
-        predictions = [conditional[index : index + 1] for index in range(len(states))]
+        text = [state.task.text.prompt_embeds for state in states]
+        text += [states[index].task.text.negative_prompt_embeds for index in guided]
         if guided:
-            unconditional = self._forward(
-                model_input[guided],
-                timestep[guided],
-                torch.cat([states[index].task.text.negative_prompt_embeds for index in guided]),
-                None if image_embeds is None else image_embeds[guided],
-            )
-            for row, index in enumerate(guided):
-                noise_uncond = unconditional[row : row + 1]
-                scale = states[index].task.guidance_scale
-                # Same expression, same order of operations as WanPipeline.
-                predictions[index] = noise_uncond + scale * (predictions[index] - noise_uncond)
+            model_input = torch.cat([model_input, model_input[guided]])
+            timestep = torch.cat([timestep, timestep[guided]])
+            if image_embeds is not None:
+                image_embeds = torch.cat([image_embeds, image_embeds[guided]])
+        output = self._forward(model_input, timestep, torch.cat(text), image_embeds)
+        predictions = [output[index : index + 1] for index in range(len(states))]
+        for row, index in enumerate(guided, start=len(states)):
+            noise_uncond = output[row : row + 1]
+            scale = states[index].task.guidance_scale
+            # Same expression, same order of operations as WanPipeline.
+            predictions[index] = noise_uncond + scale * (predictions[index] - noise_uncond)
         return predictions
 
     def _forward(self, hidden_states, timestep, encoder_hidden_states, image_embeds) -> torch.Tensor:
