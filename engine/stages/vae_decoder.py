@@ -28,15 +28,18 @@ class VaeDecoder:
         self._latents_mean = torch.tensor(config.latents_mean).view(shape)
         self._latents_inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape)
 
-    @torch.no_grad()
     def decode(self, latents: Latents, fps: int) -> Frames:
+        return Frames(request_id=latents.request_id, frames=self.decode_latents(latents.latents), fps=fps)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Un-normalise and decode as WanPipeline does (diffusers has no public function for it)."""
-        z = latents.latents.to(self.placement.device, dtype=self.vae.dtype)
+        z = latents.to(self.placement.device, dtype=self.vae.dtype)
         mean = self._latents_mean.to(z.device, z.dtype)
         inverse_std = self._latents_inverse_std.to(z.device, z.dtype)
         video = self.vae.decode(z / inverse_std + mean, return_dict=False)[0]
         frames = self.video_processor.postprocess_video(video, output_type="np")[0]  # float [F, H, W, 3] in [0, 1]
-        return Frames(request_id=latents.request_id, frames=to_uint8(frames), fps=fps)
+        return to_uint8(frames)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -1,0 +1,145 @@
+"""Step-level continuous batching: scheduler -> executor -> update, one step per call.
+
+The engine owns no model: the executor runs the step (in this process now; on a gang of
+ranks with the parallel DiT), the scheduler decides who runs. ``step()`` is the whole
+loop body, so the Denoiser deployment's loop is "call step() while there is work".
+Requests join and leave between steps; an abort or a passed deadline takes effect at the
+next step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from engine.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, SchedulerLoad, StepResult
+from engine.stage_types import DenoiseTask, Latents
+from engine.stages.denoiser import DenoiseState, WanDenoiser
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    request_id: str
+    step: int
+    total_steps: int
+    step_seconds: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    request_id: str
+    latents: Latents
+
+
+@dataclass(frozen=True)
+class DroppedEvent:
+    request_id: str
+    reason: str  # "aborted", "expired" or "failed: <error>"
+
+
+EngineEvent = StepEvent | FinishedEvent | DroppedEvent
+
+
+def batch_key(task: DenoiseTask) -> Hashable:
+    """Everything that changes a step's tensor shapes: equal keys can share a forward."""
+    image = task.image
+    return (
+        tuple(task.initial_latents.shape),
+        tuple(task.text.prompt_embeds.shape),
+        None if image is None else tuple(image.condition.shape),
+        None if image is None or image.image_embeds is None else tuple(image.image_embeds.shape),
+    )
+
+
+def step_tokens(task: DenoiseTask, patch_size: tuple[int, int, int]) -> int:
+    """Transformer tokens this request adds to one step's forward (CFG doubles them)."""
+    _, _, frames, height, width = task.initial_latents.shape
+    tokens = (frames // patch_size[0]) * (height // patch_size[1]) * (width // patch_size[2])
+    return tokens * (2 if task.text.negative_prompt_embeds is not None else 1)
+
+
+class InProcessExecutor:
+    """Runs each step on this process's denoiser (the ``uni`` executor)."""
+
+    def __init__(self, denoiser: WanDenoiser):
+        self.denoiser = denoiser
+
+    def start(self, task: DenoiseTask) -> DenoiseState:
+        return self.denoiser.start(task)
+
+    def execute(self, states: list[DenoiseState]) -> None:
+        self.denoiser.step(states)
+
+    def finish(self, state: DenoiseState) -> Latents:
+        return self.denoiser.finish(state)
+
+
+class DenoiseEngine:
+    def __init__(self, executor: InProcessExecutor, config: SchedulerConfig,
+                 clock: Callable[[], float] = time.monotonic):
+        self.executor = executor
+        self.scheduler = DenoiseScheduler(config)
+        self._clock = clock
+        self._states: dict[str, DenoiseState] = {}
+        # add/abort come from the serving event loop while step() runs in a worker thread.
+        self._lock = threading.Lock()
+
+    def add_request(self, task: DenoiseTask, deadline: float | None = None) -> None:
+        state = self.executor.start(task)
+        request = ScheduledRequest(
+            request_id=task.request_id,
+            batch_key=batch_key(task),
+            total_steps=state.total_steps,
+            tokens=step_tokens(task, self.executor.denoiser.spec.geometry.patch_size),
+            arrival_time=self._clock(),
+            deadline=deadline,
+        )
+        with self._lock:
+            self.scheduler.add_request(request)
+            self._states[task.request_id] = state
+
+    def abort_request(self, request_id: str) -> bool:
+        with self._lock:
+            return self.scheduler.abort_request(request_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_unfinished()
+
+    def load(self) -> SchedulerLoad:
+        with self._lock:
+            return self.scheduler.load()
+
+    def step(self) -> list[EngineEvent]:
+        with self._lock:
+            output = self.scheduler.schedule(self._clock())
+            dropped = [(rid, "expired") for rid in output.expired] + [(rid, "aborted") for rid in output.aborted]
+            for request_id, _ in dropped:
+                self._states.pop(request_id, None)
+            states = [self._states[request_id] for request_id in output.request_ids]
+        events: list[EngineEvent] = [DroppedEvent(request_id, reason) for request_id, reason in dropped]
+        if not states:
+            return events
+        started = time.perf_counter()
+        try:
+            self.executor.execute(states)
+        except Exception as error:  # a failed step fails its requests, not the engine
+            with self._lock:
+                self.scheduler.update_from_output(output, StepResult(()))
+                for request_id in output.request_ids:
+                    self.scheduler.abort_request(request_id)
+                    self._states.pop(request_id, None)
+            return events + [DroppedEvent(rid, f"failed: {error!r}") for rid in output.request_ids]
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            finished = self.scheduler.update_from_output(output, StepResult(output.request_ids))
+            finished_states = {request_id: self._states.pop(request_id) for request_id in finished}
+        events += [
+            StepEvent(state.task.request_id, state.steps_done, state.total_steps, elapsed, len(states))
+            for state in states
+        ]
+        events += [FinishedEvent(rid, self.executor.finish(state)) for rid, state in finished_states.items()]
+        return events
