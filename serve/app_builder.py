@@ -17,6 +17,7 @@ from ray.serve import Application
 from engine.model_registry import model_task, resolve_model
 from engine.model_spec import Task
 from serve.app_config import AppConfig
+from serve.denoiser_autoscaling import POLICY_IMPORT_PATH as DENOISER_POLICY
 from serve.deployments.denoiser import DenoiserDeployment
 from serve.deployments.image_conditioner import ImageConditionerDeployment
 from serve.deployments.ingress import VideoAPIDeployment
@@ -42,8 +43,12 @@ DEFAULT_DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
                     "autoscaling_config": _autoscaled(1, 2, 4)},
     "ImageConditioner": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.25},
                          "autoscaling_config": _autoscaled(1, 2, 4)},
-    "Denoiser": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.5},
-                 "autoscaling_config": _autoscaled(1, 2, 2)},
+    # Requests queue inside the batching engine (max_ongoing_requests is its intake), and
+    # replicas scale on the engine's backlog, not on Serve's request count.
+    "Denoiser": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
+                 "autoscaling_config": {**_autoscaled(1, 2, 16),
+                                        "policy": {"policy_function": DENOISER_POLICY,
+                                                   "policy_kwargs": {"target_backlog_steps": 40}}}},
     "VaeDecoder": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},
                    "autoscaling_config": _autoscaled(1, 2, 2)},
     "PostProcessor": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},

@@ -70,12 +70,26 @@ class PostProcessingConfig(_Strict):
         return int(json.loads(config.read_text())["upscale"])
 
 
+class CacheConfig(_Strict):
+    enabled: bool = Field(True, description="Share text embeddings and first-frame conditioning across requests.")
+    text_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Byte bound of the text-embedding LRU.")
+    first_frame_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Byte bound of the first-frame LRU.")
+
+
+class DenoiserConfig(_Strict):
+    max_batch_size: int = Field(8, ge=1, description="Requests that share one denoising step.")
+    max_tokens_per_step: int | None = Field(None, ge=1, description="Cap on transformer tokens per step (CFG counts twice).")
+    request_timeout_seconds: float | None = Field(None, gt=0, description="A request still denoising after this is dropped.")
+
+
 class AppConfig(_Strict):
     model: str = Field("tiny", description="Preset name or diffusers-format Wan directory.")
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    caches: CacheConfig = CacheConfig()
     api: ApiConfig = ApiConfig()
     webhooks: WebhookConfig = WebhookConfig()
     prompt_expander: PromptExpanderConfig = PromptExpanderConfig()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 STAGES = ("prompt_expander", "text_encoder", "image_conditioner", "denoiser", "vae_decoder", "post_processor")
 JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled")
@@ -31,7 +31,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "videoserve_job_retries_total": ("counter", "Job runs that failed and were queued again."),
     "videoserve_job_duration_seconds": ("histogram", "Time from job creation to completion."),
     "videoserve_webhook_deliveries_total": ("counter", "Webhook delivery attempts by event type and outcome."),
+    "videoserve_cache_hits_total": ("counter", "Conditioning-cache hits, by cache (text_embeddings, first_frames)."),
+    "videoserve_cache_misses_total": ("counter", "Conditioning-cache misses, by cache."),
+    "videoserve_cache_evictions_total": ("counter", "Entries evicted to stay within the byte bound, by cache."),
+    "videoserve_cache_bytes": ("gauge", "Bytes held by each conditioning cache."),
+    "videoserve_cache_entries": ("gauge", "Entries held by each conditioning cache."),
 }
+CACHES = ("text_embeddings", "first_frames")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -39,6 +45,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class VideoServeMetrics:
     def __init__(self, job_counts: Callable[[], dict[str, int]], registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        # The caches live in their own actors; /metrics refreshes this snapshot of their counters.
+        self.cache_snapshot: dict[str, dict[str, int]] = {}
         r = self.registry
         self.http_requests = Counter("videoserve_http_requests", _help("videoserve_http_requests_total"),
                                      ["method", "route", "status"], registry=r)
@@ -62,6 +70,7 @@ class VideoServeMetrics:
         self.webhook_deliveries = Counter("videoserve_webhook_deliveries", _help("videoserve_webhook_deliveries_total"),
                                           ["event", "outcome"], registry=r)
         r.register(_JobStoreCollector(job_counts))
+        r.register(_CacheCollector(lambda: self.cache_snapshot))
         # Create every labelled series up front, so dashboards see zeros instead of gaps.
         for stage in STAGES:
             self.stage_latency.labels(stage)
@@ -87,6 +96,35 @@ class _JobStoreCollector:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         yield GaugeMetricFamily("videoserve_queue_depth", _help("videoserve_queue_depth"), value=counts.get("queued", 0))
+
+    def describe(self):
+        return []
+
+
+class _CacheCollector:
+    """Cache counters as the cache actors count them (cluster-wide, not per replica)."""
+
+    _FIELDS = (
+        ("videoserve_cache_hits_total", "hits"),
+        ("videoserve_cache_misses_total", "misses"),
+        ("videoserve_cache_evictions_total", "evictions"),
+        ("videoserve_cache_bytes", "bytes"),
+        ("videoserve_cache_entries", "entries"),
+    )
+
+    def __init__(self, snapshot: Callable[[], dict[str, dict[str, int]]]):
+        self._snapshot = snapshot
+
+    def collect(self):
+        snapshot = self._snapshot()
+        for name, field in self._FIELDS:
+            kind = METRICS[name][0]
+            family_class = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = family_class(name.removesuffix("_total") if kind == "counter" else name, _help(name),
+                                  labels=["cache"])
+            for cache in CACHES:
+                family.add_metric([cache], snapshot.get(cache, {}).get(field, 0))
+            yield family
 
     def describe(self):
         return []

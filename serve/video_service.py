@@ -21,7 +21,8 @@ from serve.metrics import VideoServeMetrics
 
 class VideoService:
     def __init__(self, config: AppConfig, spec: ModelSpec, store: JobStore, artifacts: ArtifactStore,
-                 metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool):
+                 metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool,
+                 caches: dict | None = None):
         self.config = config
         self.spec = spec
         self.store = store
@@ -30,6 +31,7 @@ class VideoService:
         self.runner = runner
         self.expander_enabled = expander_enabled
         self.learned_upscale_factor = config.post_processing.learned_upscale_factor()
+        self.caches = caches or {}
 
     async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
         if fields.model is not None and fields.model != self.spec.name:
@@ -108,6 +110,14 @@ class VideoService:
         if path is None or not Path(path).is_file():
             raise APIError(404, f"video {job_id} has no {variant} content", param="variant", code="not_found")
         return Path(path)
+
+
+    async def refresh_cache_stats(self) -> None:
+        for name, cache in self.caches.items():
+            try:
+                self.metrics.cache_snapshot[name] = await asyncio.wait_for(cache.stats(), timeout=2.0)
+            except Exception:  # a cache that cannot answer keeps its last numbers; requests never wait on it
+                pass
 
 
 def _looks_like_id(job_id: str) -> bool:

@@ -247,6 +247,38 @@ def test_webhook_is_delivered_signed(cluster):
     assert headers["webhook-id"]
 
 
+def test_concurrent_requests_share_denoising_steps(cluster):
+    base = cluster.url("t2v")
+    before = metric_samples(base)
+    client = openai_client(cluster)
+    ids = [client.videos.create(prompt=f"a crowd {n}", size="64x64",
+                                extra_body={"num_frames": 9, "num_inference_steps": 12, "seed": n}).id
+           for n in range(4)]
+    for video_id in ids:
+        assert client.videos.poll(video_id, poll_interval_ms=100).status == "completed"
+    after = metric_samples(base)
+    single = ("videoserve_denoise_batch_size_bucket", (("le", "1.0"),))
+    total = ("videoserve_denoise_batch_size_count", ())
+    steps_in_batches = (after[total] - before[total]) - (after[single] - before[single])
+    assert steps_in_batches > 0  # some steps ran more than one request
+
+
+def test_repeated_prompts_hit_the_shared_text_cache(cluster):
+    base = cluster.url("t2v")
+    hits = ("videoserve_cache_hits_total", (("cache", "text_embeddings"),))
+    misses = ("videoserve_cache_misses_total", (("cache", "text_embeddings"),))
+    client = openai_client(cluster)
+    first = client.videos.create_and_poll(prompt="a lighthouse in a storm, unique 7431",
+                                          extra_body={"num_inference_steps": 1})
+    before = metric_samples(base)
+    second = client.videos.create_and_poll(prompt="a lighthouse in a storm, unique 7431",
+                                           extra_body={"num_inference_steps": 1, "seed": 2})
+    after = metric_samples(base)
+    assert first.status == second.status == "completed"
+    assert after[hits] - before[hits] == 2  # prompt and the default negative prompt
+    assert after[misses] == before[misses]
+
+
 def test_metrics_parse_and_contain_every_documented_metric(cluster):
     from prometheus_client.parser import text_string_to_metric_families
 

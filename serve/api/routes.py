@@ -125,6 +125,7 @@ def create_api() -> FastAPI:
     @api.get("/metrics")
     async def metrics(request: Request):
         service = _service(request)
+        await service.refresh_cache_stats()
         body = await asyncio.to_thread(generate_latest, service.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

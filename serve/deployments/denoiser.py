@@ -1,8 +1,9 @@
-"""The Denoiser deployment: one request's steps streamed back as progress events.
+"""The Denoiser deployment: a continuous-batching engine loop inside each replica.
 
-Requests on one replica interleave at step boundaries (a lock around each step), so a
-long request never blocks a short one for its whole run and cancellation lands at the
-next step. Step-level continuous batching replaces the lock with an engine loop.
+Every in-flight ``denoise`` call is one request inside the engine; the loop runs one
+batched step at a time while any request is left, and each call streams its own
+progress events back. Requests join and leave between steps; a cancelled call (the
+orchestrator stops reading) aborts its request at the next step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from engine.denoise_engine import DenoiseEngine, DroppedEvent, FinishedEvent, InProcessExecutor, StepEvent
+from engine.denoise_scheduler import SchedulerConfig
 from engine.initial_noise import initial_latents
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import WanDenoiser
@@ -34,9 +37,15 @@ class DenoiseDone:
 
 class DenoiserDeployment:
     def __init__(self, config: dict):
-        _, self.spec, placement = load_stage_context(config, "transformer")
-        self.stage = WanDenoiser(self.spec, placement)
-        self._step_lock = asyncio.Lock()
+        app_config, self.spec, placement = load_stage_context(config, "transformer")
+        settings = app_config.denoiser
+        self.request_timeout_s = settings.request_timeout_seconds
+        self.engine = DenoiseEngine(
+            InProcessExecutor(WanDenoiser(self.spec, placement)),
+            SchedulerConfig(max_batch_size=settings.max_batch_size, max_tokens_per_step=settings.max_tokens_per_step),
+        )
+        self._sinks: dict[str, asyncio.Queue] = {}
+        self._loop_task: asyncio.Task | None = None
 
     async def denoise(
         self, request: GenerationRequest, text: TextEmbeddings, image: ImageConditioning | None
@@ -50,11 +59,43 @@ class DenoiserDeployment:
             guidance_scale=request.guidance_scale,
             flow_shift=request.flow_shift,
         )
-        state = self.stage.start(task)
-        while not state.finished:
-            async with self._step_lock:
-                started = time.perf_counter()
-                await asyncio.to_thread(self.stage.step, [state])
-                elapsed = time.perf_counter() - started
-            yield DenoiseProgress(state.steps_done, state.total_steps, elapsed, batch_size=1)
-        yield DenoiseDone(ObjectHandoff.put(self.stage.finish(state)))
+        events: asyncio.Queue = asyncio.Queue()
+        self._sinks[task.request_id] = events
+        deadline = time.monotonic() + self.request_timeout_s if self.request_timeout_s else None
+        finished = False
+        try:
+            self.engine.add_request(task, deadline)
+            self._ensure_loop()
+            while True:
+                event = await events.get()
+                if isinstance(event, StepEvent):
+                    yield DenoiseProgress(event.step, event.total_steps, event.step_seconds, event.batch_size)
+                elif isinstance(event, FinishedEvent):
+                    finished = True
+                    yield DenoiseDone(ObjectHandoff.put(event.latents))
+                    return
+                else:
+                    assert isinstance(event, DroppedEvent)
+                    finished = True
+                    raise TimeoutError(f"denoising {task.request_id} {event.reason} before it finished")
+        finally:
+            self._sinks.pop(task.request_id, None)
+            if not finished:  # the caller went away: free the batch slot at the next step
+                self.engine.abort_request(task.request_id)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom autoscaling metrics: the work queued inside this replica's engine."""
+        load = self.engine.load()
+        return {"engine_requests": float(load.requests), "engine_step_batches": float(load.remaining_step_batches)}
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._run_loop())
+
+    async def _run_loop(self) -> None:
+        while self.engine.has_unfinished():
+            # The batched forward runs in a worker thread; the event loop keeps taking requests.
+            for event in await asyncio.to_thread(self.engine.step):
+                sink = self._sinks.get(event.request_id)
+                if sink is not None:
+                    sink.put_nowait(event)

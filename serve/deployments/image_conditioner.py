@@ -4,13 +4,26 @@ import asyncio
 
 from engine.stage_types import GenerationRequest, ImageConditioning
 from engine.stages.image_conditioner import ImageConditioner
+from serve.conditioning_cache import first_frame_key, tensor_nbytes
 from serve.deployments.model_stage import load_stage_context
+from serve.deployments.stage_caches import FIRST_FRAME_CACHE, model_identity, open_stage_cache
 
 
 class ImageConditionerDeployment:
     def __init__(self, config: dict):
-        _, spec, placement = load_stage_context(config, "image_encoder")
+        app_config, spec, placement = load_stage_context(config, "image_encoder")
         self.stage = ImageConditioner(spec, placement)
+        self.cache = open_stage_cache(app_config, FIRST_FRAME_CACHE)
+        self.model_id = model_identity(spec, placement)
 
     async def condition(self, request: GenerationRequest) -> ImageConditioning:
-        return await asyncio.to_thread(self.stage.condition, request)
+        def compute():
+            return asyncio.to_thread(self.stage.condition, request)
+
+        if self.cache is None:
+            return await compute()
+        # The image-to-video "prefill": the same first frame at the same size and length
+        # conditions every request the same way, whatever its prompt or seed.
+        key = first_frame_key(self.model_id, request.image, request.width, request.height, request.num_frames)
+        conditioning, _ = await self.cache.get_or_compute(key, compute, tensor_nbytes)
+        return conditioning

@@ -12,6 +12,7 @@ from engine.model_registry import resolve_model
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
+from serve.deployments.stage_caches import CACHE_NAMES, open_stage_cache
 from serve.job_runner import JobRunner, StageHandles
 from serve.job_store import open_job_store
 from serve.metrics import VideoServeMetrics
@@ -54,8 +55,11 @@ class VideoAPIDeployment:
         )
         handles = StageHandles(text_encoder, denoiser, vae_decoder, post_processor, image_conditioner, prompt_expander)
         self.runner = JobRunner(app_config, spec, store, artifacts, handles, metrics, webhooks)
+        caches = {}
+        if app_config.caches.enabled:
+            caches = {name: open_stage_cache(app_config, name) for name in CACHE_NAMES}
         self.service = VideoService(app_config, spec, store, artifacts, metrics, self.runner,
-                                    expander_enabled=prompt_expander is not None)
+                                    expander_enabled=prompt_expander is not None, caches=caches)
         # Serve calls __init__ on the replica's event loop, so the runner can start now.
         asyncio.get_running_loop()
         self.runner.start()

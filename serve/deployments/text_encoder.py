@@ -2,16 +2,36 @@ from __future__ import annotations
 
 import asyncio
 
+import torch
+
 from engine.stage_types import GenerationRequest, TextEmbeddings
 from engine.stages.text_encoder import TextEncoder
+from serve.conditioning_cache import tensor_nbytes, text_embedding_key
 from serve.deployments.model_stage import load_stage_context
+from serve.deployments.stage_caches import TEXT_CACHE, model_identity, open_stage_cache
 
 
 class TextEncoderDeployment:
     def __init__(self, config: dict):
-        _, spec, placement = load_stage_context(config, "text_encoder")
+        app_config, spec, placement = load_stage_context(config, "text_encoder")
         self.stage = TextEncoder(spec, placement)
+        self.cache = open_stage_cache(app_config, TEXT_CACHE)
+        self.model_id = model_identity(spec, placement)
+        self.max_length = spec.geometry.text_max_length
 
     async def encode(self, request: GenerationRequest) -> TextEmbeddings:
+        negative = None
+        if request.uses_classifier_free_guidance:
+            negative = await self.embed(request.negative_prompt)
+        return TextEmbeddings(prompt_embeds=await self.embed(request.prompt), negative_prompt_embeds=negative)
+
+    async def embed(self, text: str) -> torch.Tensor:
         # Model work runs off the event loop so the replica keeps answering health checks.
-        return await asyncio.to_thread(self.stage.encode, request)
+        def compute():
+            return asyncio.to_thread(self.stage.encode_text, text)
+
+        if self.cache is None:
+            return await compute()
+        key = text_embedding_key(self.model_id, text, self.max_length)
+        embeds, _ = await self.cache.get_or_compute(key, compute, tensor_nbytes)
+        return embeds.to(self.stage.placement.device)

@@ -1,0 +1,34 @@
+"""The conditioning caches a stage replica uses, named per application."""
+
+from __future__ import annotations
+
+from engine.model_spec import ModelSpec
+from engine.stage_placement import StagePlacement
+from serve.app_config import AppConfig
+from serve.conditioning_cache import ConditioningCache
+
+TEXT_CACHE = "text_embeddings"
+FIRST_FRAME_CACHE = "first_frames"
+CACHE_NAMES = (TEXT_CACHE, FIRST_FRAME_CACHE)
+
+
+def cache_actor_name(app_name: str, cache: str) -> str:
+    return f"videoserve-{app_name}-{cache}"
+
+
+def current_app_name() -> str:
+    from ray import serve
+
+    return serve.get_replica_context().app_name
+
+
+def open_stage_cache(config: AppConfig, cache: str) -> ConditioningCache | None:
+    if not config.caches.enabled:
+        return None
+    max_bytes = config.caches.text_max_bytes if cache == TEXT_CACHE else config.caches.first_frame_max_bytes
+    return ConditioningCache(cache_actor_name(current_app_name(), cache), max_bytes)
+
+
+def model_identity(spec: ModelSpec, placement: StagePlacement) -> str:
+    """What a cached value depends on besides its inputs: the weights and their precision."""
+    return f"{spec.source}|{placement.dtype}"

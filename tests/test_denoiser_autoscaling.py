@@ -1,0 +1,58 @@
+"""The Denoiser's autoscaling policy: replicas follow the backlog inside the engines."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from serve.denoiser_autoscaling import BACKLOG_METRIC, denoiser_autoscaling_policy, desired_replicas
+
+
+@pytest.mark.parametrize(
+    "backlog,current,target,expected",
+    [
+        ({}, 3, 40, 3),  # no report yet: keep what runs
+        ({"r1": 0.0}, 2, 40, 1),
+        ({"r1": 40.0}, 1, 40, 1),
+        ({"r1": 41.0}, 1, 40, 2),
+        ({"r1": 100.0, "r2": 90.0}, 2, 40, 5),
+    ],
+)
+def test_desired_replicas_follow_the_engine_backlog(backlog, current, target, expected):
+    assert desired_replicas(backlog, current, target) == expected
+
+
+def test_target_must_be_positive():
+    with pytest.raises(ValueError, match="target_backlog_steps"):
+        desired_replicas({"r1": 1.0}, 1, 0)
+
+
+def test_policy_reads_the_replicas_custom_metric():
+    # Serve builds an AutoscalingContext; the policy reads only these three attributes.
+    context = SimpleNamespace(aggregated_metrics={BACKLOG_METRIC: {"a": 70.0, "b": 15.0}}, current_num_replicas=2,
+                              policy_state={"kept": True})
+    assert denoiser_autoscaling_policy(context, target_backlog_steps=20) == (5, {"kept": True})
+
+
+def test_denoiser_reports_its_engine_backlog(tiny_spec, preset_cache):
+    import torch
+
+    from engine.initial_noise import initial_latents
+    from engine.request_validation import validate_generation
+    from engine.stage_types import DenoiseTask, TextEmbeddings
+    from serve.deployments.denoiser import DenoiserDeployment
+
+    # The deployment class is constructed here without Ray, as Serve would in a replica.
+    deployment = DenoiserDeployment({"model": "tiny", "cache_dir": str(preset_cache), "device": "cpu",
+                                     "denoiser": {"max_batch_size": 2}})
+    assert deployment.record_autoscaling_stats() == {"engine_requests": 0.0, "engine_step_batches": 0.0}
+    text = TextEmbeddings(prompt_embeds=torch.zeros(1, 512, 32), negative_prompt_embeds=None)
+    for seed in range(3):
+        request = validate_generation({"prompt": "a", "num_inference_steps": 4, "guidance_scale": 1.0, "seed": seed},
+                                      tiny_spec, request_id=f"r{seed}")
+        deployment.engine.add_request(
+            DenoiseTask(request.request_id, initial_latents(request, tiny_spec.geometry), text, None, 4, 1.0, 3.0)
+        )
+    # Three requests of four steps, two per step: 4 steps for the first pair, 4 for the third.
+    assert deployment.record_autoscaling_stats() == {"engine_requests": 3.0, "engine_step_batches": 8.0}
