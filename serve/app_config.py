@@ -86,6 +86,9 @@ class AppConfig(_Strict):
     model: str = Field("tiny", description="Preset name or diffusers-format Wan directory.")
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op CPU threads per model stage (Ray otherwise sets one per whole CPU asked for)."
+    )
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
     denoiser: DenoiserConfig = DenoiserConfig()

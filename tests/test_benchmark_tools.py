@@ -79,7 +79,7 @@ def test_workload_follows_the_mix_proportions_and_choices():
     assert len(i2v) / 2000 == pytest.approx(0.25, abs=0.04)
     repeated = [request for request in requests if request.prompt in pool]
     assert len(repeated) / 2000 == pytest.approx(0.6, abs=0.04)
-    assert set(request.prompt for request in repeated) == set(pool)  # every pooled prompt gets reused
+    assert {request.prompt for request in repeated} == set(pool)  # every pooled prompt gets reused
     unique = [request.prompt for request in requests if request.prompt not in pool]
     assert len(unique) == len(set(unique))
     assert {request.num_frames for request in requests} == {9, 17}
@@ -234,6 +234,11 @@ videoserve_frame_cache_hits_total 3
 videoserve_frame_cache_misses_total 3
 # TYPE videoserve_text_cache_bytes gauge
 videoserve_text_cache_bytes 4096
+# TYPE videoserve_job_retries counter
+videoserve_job_retries_total 2
+# TYPE videoserve_stage_failures counter
+videoserve_stage_failures_total{stage="denoiser"} 2
+videoserve_stage_failures_total{stage="vae_decoder"} 0
 """
 
 
@@ -262,6 +267,8 @@ def test_metrics_delta_of_two_hand_written_expositions():
     gauge = [entry for entry in caches["series"] if entry["name"] == "videoserve_text_cache_bytes"]
     assert gauge == [{"name": "videoserve_text_cache_bytes", "labels": {}, "value": 4096}]
     assert not any(name.endswith("_created") for name, _ in series_deltas(METRICS_BEFORE, METRICS_AFTER))
+    # Series that only appear afterwards count from zero.
+    assert report["job_retries"] == 2 and report["stage_failures"] == {"denoiser": 2}
 
 
 def test_metrics_delta_reads_the_servers_own_exposition():
@@ -309,6 +316,7 @@ class ScriptedVideoServer:
         self.lock = threading.Lock()
         self.jobs: dict[str, dict] = {}
         self.posts: list[dict] = []
+        self.deleted: list[str] = []
         self.max_unfinished_at_create = 0
         server = self
 
@@ -329,6 +337,10 @@ class ScriptedVideoServer:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 return self._json(200, server.create(self.headers["Content-Type"], body))
+
+            def do_DELETE(self):
+                server.deleted.append(self.path.rsplit("/", 1)[-1])
+                return self._json(200, {"deleted": True})
 
             def _json(self, status, payload):
                 data = json.dumps(payload).encode()
@@ -399,11 +411,11 @@ def open_loop_run():
     mix = WorkloadMix(sizes={"32x32": 1}, steps=(2,))
     with ScriptedVideoServer(task="t2v") as server:
         report = run_load(server.url, settings, mix)
-    return settings, mix, server, report
+    return mix, server, report
 
 
 def test_open_loop_sends_at_arrival_times_and_follows_every_job(open_loop_run):
-    settings, mix, server, report = open_loop_run
+    mix, server, report = open_loop_run
     arrivals, requests = open_loop_plan(mix, 20.0, 0.3, 10, seed=4)
     assert len(arrivals) >= 3  # the seed gives a run with several overlapping requests
     records = report["requests"]
@@ -454,6 +466,18 @@ def test_saturation_mode_keeps_concurrency_clients_busy_with_multipart_i2v():
         assert b'name="prompt"' in post["body"]
 
 
+def test_a_job_past_its_timeout_is_recorded_and_cancelled():
+    settings = LoadSettings(mode="closed_loop", concurrency=1, duration_s=30, max_requests=1,
+                            request_timeout_s=ScriptedVideoServer.QUEUED_S, max_poll_interval_s=0.02)
+    with ScriptedVideoServer(task="t2v") as server:
+        report = run_load(server.url, settings, WorkloadMix())
+    (record,) = report["requests"]
+    assert record["status"] == "timeout" and record["finished_s"] is None and "cancelled" in record["error"]
+    assert server.deleted == [record["video_id"]]
+    assert report["summary"]["failures_by_reason"] == {"timeout": 1}
+    assert report["summary"]["throughput_videos_per_s"] is None
+
+
 def test_load_generator_refuses_a_mix_the_served_model_cannot_run():
     settings = LoadSettings(rate_per_s=1.0, duration_s=1.0, max_requests=1)
     with ScriptedVideoServer(task="t2v") as server:
@@ -470,7 +494,7 @@ def test_load_generator_refuses_a_mix_the_served_model_cannot_run():
 
 
 def test_plots_write_png_files(open_loop_run, tmp_path):
-    _, _, _, report = open_loop_run
+    _, _, report = open_loop_run
     report = {**report, "server_metrics": metrics_delta(METRICS_BEFORE, METRICS_AFTER)}
     paths = plot_load_report(report, tmp_path, "run")
     assert sorted(path.name for path in paths) == ["run_batch_sizes.png", "run_latency_cdf.png",
