@@ -1,0 +1,143 @@
+"""Issue 4's figures, side by side in one run on one machine:
+
+- saturation throughput of the served cluster / the sequential diffusers baseline;
+- single-request latency over HTTP / one in-process diffusers call;
+- p95 latency at 70% of saturation load / unloaded latency;
+- text-encoder time and cache hit ratio with a warm cache.
+
+    python -m benchmarks.served_vs_diffusers [--model bench] [--repeats 3]
+
+The diffusers baseline runs first, before the cluster starts, so the two never share
+the cores. Every figure is a median over ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from benchmarks.diffusers_baseline import run_baseline
+from benchmarks.load_generator import LoadSettings, client_machine, run_load
+from benchmarks.workload import WorkloadMix, build_workload
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "videoserve"
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main(
+    model: Annotated[str, typer.Option()] = "bench",
+    repeats: Annotated[int, typer.Option(help="Runs per figure; medians are reported.")] = 3,
+    saturation_requests: Annotated[int, typer.Option()] = 24,
+    concurrency: Annotated[int, typer.Option(help="Closed-loop clients for the saturation run.")] = 8,
+    open_loop_seconds: Annotated[float, typer.Option()] = 90.0,
+    max_batch_size: Annotated[int, typer.Option()] = 8,
+    port: Annotated[int, typer.Option()] = 8311,
+    output: Annotated[Path, typer.Option()] = Path("benchmarks/out/served_vs_diffusers.json"),
+    cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
+) -> None:
+    # One fixed request shape (the preset's defaults), unique prompts unless said otherwise:
+    # the comparison is about the DiT's throughput, not about cache hits.
+    mix = WorkloadMix(sizes={"128x128": 1.0}, repeated_prompt_fraction=0.0, num_frames=(17,), steps=(10,),
+                      guidance_scales=(5.0,))
+    report: dict[str, Any] = {"model": model, "mix": mix.model_dump(mode="json"), "machine": client_machine()}
+
+    typer.echo("diffusers baseline (sequential, in-process)...")
+    baseline_runs = [run_baseline(model, build_workload(mix, 6, seed=100 + run), cache_dir) for run in range(repeats)]
+    baseline_throughput = _median([run["summary"]["throughput_videos_per_s"] for run in baseline_runs])
+    baseline_latency = _median([run["summary"]["request_latency_s"]["p50"] for run in baseline_runs])
+    report["baseline"] = {"throughput_videos_per_s": baseline_throughput, "latency_s": baseline_latency,
+                          "runs": [run["summary"] for run in baseline_runs]}
+
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="videoserve-bench-") as state_dir:
+        _start_cluster(model, cache_dir, Path(state_dir), port, max_batch_size)
+        try:
+            typer.echo("single requests over HTTP...")
+            single_runs = [run_load(url, LoadSettings(mode="closed_loop", concurrency=1, duration_s=600,
+                                                      max_requests=4, seed=200 + run), mix) for run in range(repeats)]
+            unloaded = _median([run["summary"]["latency_s"]["p50"] for run in single_runs])
+            typer.echo("saturation (closed loop)...")
+            saturation_runs = [
+                run_load(url, LoadSettings(mode="closed_loop", concurrency=concurrency, duration_s=600,
+                                           max_requests=saturation_requests, seed=300 + run), mix)
+                for run in range(repeats)
+            ]
+            saturation = _median([run["summary"]["throughput_videos_per_s"] for run in saturation_runs])
+            typer.echo(f"open loop at 70% of {saturation:.3f} videos/s...")
+            open_runs = [
+                run_load(url, LoadSettings(mode="open_loop", rate_per_s=0.7 * saturation,
+                                           duration_s=open_loop_seconds, max_requests=200, seed=400 + run), mix)
+                for run in range(repeats)
+            ]
+            p95_at_70 = _median([run["summary"]["latency_s"]["p95"] for run in open_runs])
+            typer.echo("warm text cache (one repeated prompt)...")
+            cached_mix = mix.model_copy(update={"repeated_prompt_fraction": 1.0, "prompt_pool_size": 1})
+            cache_run = run_load(url, LoadSettings(mode="closed_loop", concurrency=1, duration_s=600,
+                                                   max_requests=6, seed=500), cached_mix)
+        finally:
+            _stop_cluster()
+
+    report["served"] = {
+        "single_request_latency_s": unloaded,
+        "saturation_throughput_videos_per_s": saturation,
+        "p95_latency_at_70pct_s": p95_at_70,
+        "single_runs": [run["summary"] for run in single_runs],
+        "saturation_runs": [{**run["summary"], "server_metrics": run["server_metrics"]} for run in saturation_runs],
+        "open_loop_runs": [{**run["summary"], "server_metrics": run["server_metrics"]} for run in open_runs],
+        "warm_cache_run": {**cache_run["summary"], "server_metrics": cache_run["server_metrics"]},
+    }
+    report["ratios"] = {
+        "saturation_throughput_over_baseline": saturation / baseline_throughput,
+        "single_latency_over_diffusers_call": unloaded / baseline_latency,
+        "p95_at_70pct_over_unloaded": p95_at_70 / unloaded,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    typer.echo(json.dumps({"baseline": {k: v for k, v in report["baseline"].items() if k != "runs"},
+                           "served": {k: v for k, v in report["served"].items() if not k.endswith(("runs", "run"))},
+                           "ratios": report["ratios"],
+                           "warm_cache": cache_run["server_metrics"].get("caches"),
+                           "warm_cache_stages": cache_run["server_metrics"].get("stage_latency")}, indent=2))
+
+
+def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_batch_size: int) -> None:
+    import ray
+
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import default_serve_config, deploy
+
+    config = AppConfig.model_validate({
+        "model": model, "cache_dir": str(cache_dir), "device": "cpu", "torch_threads": 2,
+        "storage": {"state_dir": str(state_dir)}, "jobs": {"poll_interval_seconds": 0.05},
+        "api": {"poll_after_ms": 100}, "denoiser": {"max_batch_size": max_batch_size},
+    })
+    serve_config = default_serve_config(config, port=port)
+    for deployment in serve_config["applications"][0]["deployments"]:
+        # One replica per stage on a 2-core machine: a second DiT replica would only
+        # split the same two cores.
+        deployment["autoscaling_config"] = None
+        deployment["num_replicas"] = 1
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, namespace="serve")
+    deploy(serve_config)
+    time.sleep(2)
+
+
+def _stop_cluster() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    typer.run(main)
