@@ -87,7 +87,7 @@ class AppConfig(_Strict):
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op CPU threads per model stage (Ray otherwise sets one per whole CPU asked for)."
+        None, ge=1, description="Intra-op CPU threads of each model stage's worker thread; unset: every core."
     )
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()

@@ -18,7 +18,7 @@ from engine.denoise_scheduler import SchedulerConfig
 from engine.initial_noise import initial_latents
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import WanDenoiser
-from serve.deployments.model_stage import load_stage_context
+from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.object_handoff import ObjectHandoff
 
 
@@ -44,6 +44,7 @@ class DenoiserDeployment:
             InProcessExecutor(WanDenoiser(self.spec, placement)),
             SchedulerConfig(max_batch_size=settings.max_batch_size, max_tokens_per_step=settings.max_tokens_per_step),
         )
+        self.model_thread = ModelThread(app_config.torch_threads)
         self._sinks: dict[str, asyncio.Queue] = {}
         self._loop_task: asyncio.Task | None = None
 
@@ -95,7 +96,7 @@ class DenoiserDeployment:
     async def _run_loop(self) -> None:
         while self.engine.has_unfinished():
             # The batched forward runs in a worker thread; the event loop keeps taking requests.
-            for event in await asyncio.to_thread(self.engine.step):
+            for event in await self.model_thread.run(self.engine.step):
                 sink = self._sinks.get(event.request_id)
                 if sink is not None:
                     sink.put_nowait(event)

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import asyncio
-
 from engine.stage_types import GenerationRequest, ImageConditioning
 from engine.stages.image_conditioner import ImageConditioner
 from serve.conditioning_cache import first_frame_key, tensor_nbytes
-from serve.deployments.model_stage import load_stage_context
+from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.deployments.stage_caches import FIRST_FRAME_CACHE, model_identity, open_stage_cache
 
 
@@ -13,12 +11,13 @@ class ImageConditionerDeployment:
     def __init__(self, config: dict):
         app_config, spec, placement = load_stage_context(config, "image_encoder")
         self.stage = ImageConditioner(spec, placement)
+        self.model_thread = ModelThread(app_config.torch_threads)
         self.cache = open_stage_cache(app_config, FIRST_FRAME_CACHE)
         self.model_id = model_identity(spec, placement)
 
     async def condition(self, request: GenerationRequest) -> ImageConditioning:
         def compute():
-            return asyncio.to_thread(self.stage.condition, request)
+            return self.model_thread.run(self.stage.condition, request)
 
         if self.cache is None:
             return await compute()

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import asyncio
-
 from ray import serve
 
 from engine.stages.prompt_expander import PromptExpander, PromptExpanderConfig
 from serve.app_config import AppConfig
+from serve.deployments.model_stage import ModelThread
 
 
 class PromptExpanderDeployment:
@@ -18,8 +17,9 @@ class PromptExpanderDeployment:
             PromptExpanderConfig(model=settings.model, max_new_tokens=settings.max_new_tokens),
             app_config.resolved_cache_dir(),
         )
+        self.model_thread = ModelThread(app_config.torch_threads)
 
     # Prompts arriving together share one generate call.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def expand(self, prompts: list[str]) -> list[str]:
-        return await asyncio.to_thread(self.stage.expand, prompts)
+        return await self.model_thread.run(self.stage.expand, prompts)

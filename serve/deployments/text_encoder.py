@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import asyncio
-
 import torch
 
 from engine.stage_types import GenerationRequest, TextEmbeddings
 from engine.stages.text_encoder import TextEncoder
 from serve.conditioning_cache import tensor_nbytes, text_embedding_key
-from serve.deployments.model_stage import load_stage_context
+from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.deployments.stage_caches import TEXT_CACHE, model_identity, open_stage_cache
 
 
@@ -15,6 +13,7 @@ class TextEncoderDeployment:
     def __init__(self, config: dict):
         app_config, spec, placement = load_stage_context(config, "text_encoder")
         self.stage = TextEncoder(spec, placement)
+        self.model_thread = ModelThread(app_config.torch_threads)
         self.cache = open_stage_cache(app_config, TEXT_CACHE)
         self.model_id = model_identity(spec, placement)
         self.max_length = spec.geometry.text_max_length
@@ -28,7 +27,7 @@ class TextEncoderDeployment:
     async def embed(self, text: str) -> torch.Tensor:
         # Model work runs off the event loop so the replica keeps answering health checks.
         def compute():
-            return asyncio.to_thread(self.stage.encode_text, text)
+            return self.model_thread.run(self.stage.encode_text, text)
 
         if self.cache is None:
             return await compute()
