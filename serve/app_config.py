@@ -87,7 +87,7 @@ class AppConfig(_Strict):
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op CPU threads of each model stage's worker thread; unset: every core."
+        None, ge=1, description="Intra-op CPU threads of every model stage; unset: one per CPU in its ray_actor_options."
     )
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()

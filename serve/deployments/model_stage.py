@@ -28,9 +28,9 @@ class ModelThread:
 
     OpenMP thread counts belong to the calling thread: torch.set_num_threads on the event
     loop's thread does not reach asyncio.to_thread's workers, which keep the
-    OMP_NUM_THREADS=1 that Ray sets for fractional-CPU actors (measured: the DiT ran ~2x
-    slower in a replica than in a plain process). One thread per replica also keeps two
-    forwards of one replica from fighting over the same cores.
+    OMP_NUM_THREADS=1 that Ray sets for fractional-CPU actors, whatever the actor asked for.
+    One thread per replica also keeps two forwards of one replica from fighting over the
+    same cores.
     """
 
     def __init__(self, torch_threads: int | None):
@@ -45,5 +45,6 @@ class ModelThread:
 def _set_torch_threads(torch_threads: int | None) -> None:
     import torch
 
-    # Unset: every core of the machine, as torch does in a plain process.
-    torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+    # Unset: what Ray gave this actor (OMP_NUM_THREADS follows ray_actor_options.num_cpus),
+    # so the stages sharing a machine do not oversubscribe its cores.
+    torch.set_num_threads(torch_threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
