@@ -79,6 +79,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.owner = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, asyncio.Task] = {}
+        self._metadata: dict[str, dict] = {}  # job id -> metadata of the jobs this runner holds
         self._background: list[asyncio.Task] = []
         self._stopping = False
 
@@ -140,6 +141,7 @@ class JobRunner:
                     task.cancel(msg="lease lost")
 
     async def _run(self, job: JobRecord) -> None:
+        self._metadata[job.id] = dict(job.metadata)
         try:
             await self._execute(job)
         except asyncio.CancelledError:
@@ -154,6 +156,7 @@ class JobRunner:
             await self._handle_failure(job, error)
         finally:
             self._running.pop(job.id, None)
+            self._metadata.pop(job.id, None)
             self.metrics.jobs_running.set(len(self._running))
 
     async def _execute(self, job: JobRecord) -> None:
@@ -168,7 +171,7 @@ class JobRunner:
             await self._progress(job.id, "prompt_expander")
             expanded = await self._timed("prompt_expander", handles.prompt_expander.expand.remote(request.prompt))
             request = _replace(request, prompt=expanded)
-            await self._update(job.id, metadata={**job.metadata, "expanded_prompt": expanded})
+            await self._update(job.id, metadata={"expanded_prompt": expanded})
 
         await self._progress(job.id, "text_encoder")
         text = await self._stage_ref("text_encoder", handles.text_encoder.encode.remote(request))
@@ -265,12 +268,14 @@ class JobRunner:
             raise asyncio.CancelledError()
 
     async def _update(self, job_id: str, **changes) -> JobRecord | None:
+        # This runner holds the job's lease, so its copy of the metadata is current: merging
+        # into it saves a read of the record on every denoising step.
         if "metadata" in changes:
-            existing = await asyncio.to_thread(self.store.get, job_id)
-            if existing is None:
-                return None
-            changes["metadata"] = {**existing.metadata, **changes["metadata"]}
-        return await asyncio.to_thread(self.store.update, job_id, **changes)
+            changes["metadata"] = {**self._metadata.get(job_id, {}), **changes["metadata"]}
+        record = await asyncio.to_thread(self.store.update, job_id, **changes)
+        if record is not None and job_id in self._metadata:
+            self._metadata[job_id] = record.metadata
+        return record
 
     async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult) -> None:
         artifacts = {"video": result.video_path, "thumbnail": result.thumbnail_path}
