@@ -20,6 +20,8 @@ from typing import Annotated
 import torch
 import typer
 
+from benchmarks.diffusers_baseline import DiffusersRunner
+from benchmarks.workload import WorkloadRequest
 from engine.model_registry import resolve_model
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
@@ -47,8 +49,6 @@ def main(
     output: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("benchmarks/out/stage_timings.json"),
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
 ) -> None:
-    from diffusers import WanPipeline
-
     spec = resolve_model(model, cache_dir)
     staged = StagedPipeline.load(spec)
     request = validate_generation({"prompt": "a red car drives through a city street at night", "seed": 0}, spec)
@@ -71,22 +71,21 @@ def main(
             "mp4_encode_s": median_seconds(lambda _: write_mp4(frames, mp4_path), repeats),
             "staged_request_s": median_seconds(lambda _: staged.generate(request), repeats),
         }
-    reference = WanPipeline.from_pretrained(spec.source)
+    reference = DiffusersRunner(spec)
+    same_request = WorkloadRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        size=f"{request.width}x{request.height}",
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        image=None,
+    )
 
     def diffusers_call(_):
-        reference(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="np",
-        )
+        reference(same_request)
 
-    reference.set_progress_bar_config(disable=True)
     figures["diffusers_request_s"] = median_seconds(diffusers_call, repeats)
     figures["staged_over_diffusers"] = figures["staged_request_s"] / figures["diffusers_request_s"]
     report = {
