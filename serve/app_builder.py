@@ -18,6 +18,7 @@ from engine.model_registry import model_task, resolve_model
 from engine.model_spec import Task
 from serve.app_config import AppConfig
 from serve.denoiser_autoscaling import POLICY_IMPORT_PATH as DENOISER_POLICY
+from serve.denoiser_placement import with_denoiser_placement
 from serve.deployments.denoiser import DenoiserDeployment
 from serve.deployments.image_conditioner import ImageConditionerDeployment
 from serve.deployments.ingress import VideoAPIDeployment
@@ -66,15 +67,22 @@ def deployment_names(config: AppConfig) -> list[str]:
     return names
 
 
+def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+    """Each deployment's default Serve options for this config (Denoiser bundles follow its parallel degree)."""
+    options = {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in deployment_names(config)}
+    options["Denoiser"] = with_denoiser_placement(config.parallel.degree, options["Denoiser"])
+    return options
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args or {})
     # Built-in presets are generated here once, not raced by every replica starting up.
     spec = resolve_model(config.model, config.resolved_cache_dir())
     bound_config = config.model_dump(mode="json")
+    options = deployment_options(config)
 
     def bind(name: str, cls, *handles):
-        options = copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name])
-        return serve.deployment(cls, name=name, **options).bind(bound_config, *handles)
+        return serve.deployment(cls, name=name, **options[name]).bind(bound_config, *handles)
 
     text_encoder = bind("TextEncoder", TextEncoderDeployment)
     denoiser = bind("Denoiser", DenoiserDeployment)

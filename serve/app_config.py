@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -82,6 +82,30 @@ class DenoiserConfig(_Strict):
     request_timeout_seconds: float | None = Field(None, gt=0, description="A request still denoising after this is dropped.")
 
 
+class ParallelConfig(_Strict):
+    """How many ranks (GPUs) one Denoiser replica spans, and how the DiT is split across them."""
+
+    tensor: int = Field(1, ge=1, description="Tensor parallel: ranks that shard the DiT's attention heads and FFN.")
+    sequence: int = Field(1, ge=1, description="Ulysses sequence parallel: ranks that split the latent token sequence.")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ParallelConfig:
+        if self.tensor > 1 and self.sequence > 1:
+            raise ValueError("parallel: set tensor or sequence above 1, not both")
+        return self
+
+    @property
+    def degree(self) -> int:
+        """Ranks per Denoiser replica: one placement-group bundle (one accelerator) each."""
+        return max(self.tensor, self.sequence)
+
+    @property
+    def mode(self) -> str | None:
+        if self.tensor > 1:
+            return "tensor"
+        return "sequence" if self.sequence > 1 else None
+
+
 class AppConfig(_Strict):
     model: str = Field("tiny", description="Preset name or diffusers-format Wan directory.")
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
@@ -92,6 +116,7 @@ class AppConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
+    parallel: ParallelConfig = ParallelConfig()
     caches: CacheConfig = CacheConfig()
     api: ApiConfig = ApiConfig()
     webhooks: WebhookConfig = WebhookConfig()

@@ -148,6 +148,8 @@ def up(
     sample_prompt: Annotated[str | None, typer.Option(help="Once up, generate this through the HTTP API.")] = None,
     sample_output: Annotated[Path, typer.Option(help="Where the sample video goes.")] = Path("outputs/sample.mp4"),
     exit_after_sample: Annotated[bool, typer.Option(help="Stop once the sample is saved.")] = False,
+    tensor_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, DiT sharded by heads/FFN.")] = None,
+    sequence_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, token sequence split (Ulysses).")] = None,
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Start Ray (or join RAY_ADDRESS), deploy every stage, and serve until interrupted."""
@@ -165,11 +167,17 @@ def up(
         args["model"] = model
     if state_dir is not None:
         args["storage"] = {"state_dir": str(state_dir)}
-    if config is None:
-        app_config = AppConfig.model_validate({"cache_dir": str(cache_dir), **args})
-        serve_config = default_serve_config(app_config, host or "127.0.0.1", port or 8000)
-    else:  # the file's own settings, except where a flag here says otherwise
-        serve_config = with_overrides(load_serve_config(config), args=args, host=host, port=port)
+    if tensor_parallel is not None or sequence_parallel is not None:
+        args["parallel"] = {"tensor": tensor_parallel or 1, "sequence": sequence_parallel or 1}
+    try:
+        if config is None:
+            app_config = AppConfig.model_validate({"cache_dir": str(cache_dir), **args})
+            serve_config = default_serve_config(app_config, host or "127.0.0.1", port or 8000)
+        else:  # the file's own settings, except where a flag here says otherwise
+            serve_config = with_overrides(load_serve_config(config), args=args, host=host, port=port)
+    except ValueError as error:  # pydantic's ValidationError and PlacementMismatch both name the field
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
     http = serve_config.get("http_options", {})
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     address = os.environ.get("RAY_ADDRESS")

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
-from serve.app_builder import APP_NAME, DEFAULT_DEPLOYMENT_OPTIONS, deployment_names
+from serve.app_builder import APP_NAME, deployment_options
 from serve.app_config import AppConfig
+from serve.denoiser_placement import with_denoiser_placement
 
 IMPORT_PATH = "serve.app_builder:build_app"
 
@@ -35,9 +36,7 @@ def default_serve_config(app_config: AppConfig | None = None, host: str = "127.0
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "args": app_config.model_dump(mode="json", exclude_defaults=True),
-                "deployments": [
-                    {"name": name, **DEFAULT_DEPLOYMENT_OPTIONS[name]} for name in deployment_names(app_config)
-                ],
+                "deployments": [{"name": name, **options} for name, options in deployment_options(app_config).items()],
             }
         ],
     }
@@ -49,7 +48,8 @@ def load_serve_config(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(Path(path).read_text())
     ServeDeploySchema.model_validate(data)  # fail here, with Serve's own message, not in the controller
     for application in data["applications"]:
-        AppConfig.model_validate(application.get("args") or {})
+        if application.get("import_path") == IMPORT_PATH:
+            _place_denoiser(application)
     return data
 
 
@@ -63,10 +63,17 @@ def with_overrides(config: dict[str, Any], *, args: dict[str, Any] | None = None
         config.setdefault("http_options", {})["port"] = port
     if args:
         application = _application(config)
-        merged = _deep_merge(application.get("args") or {}, args)
-        AppConfig.model_validate(merged)
-        application["args"] = merged
+        application["args"] = _deep_merge(application.get("args") or {}, args)
+        _place_denoiser(application)
     return config
+
+
+def _place_denoiser(application: dict[str, Any]) -> None:
+    """Validate the app's args and give its Denoiser one bundle per rank (derived, or refused if they disagree)."""
+    app_config = AppConfig.model_validate(application.get("args") or {})
+    for index, deployment in enumerate(application.get("deployments") or []):
+        if deployment.get("name") == "Denoiser":
+            application["deployments"][index] = with_denoiser_placement(app_config.parallel.degree, deployment)
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 600) -> None:

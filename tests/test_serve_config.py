@@ -80,3 +80,66 @@ def test_storage_defaults_derive_from_the_state_dir():
     assert storage.resolved_job_store_url() == "sqlite:////srv/videoserve/jobs.db"
     assert str(storage.resolved_artifact_dir()) == "/srv/videoserve/artifacts"
     assert AppConfig(storage={"job_store_url": "redis://r:6379/0"}).storage.resolved_job_store_url() == "redis://r:6379/0"
+
+
+@pytest.mark.parametrize("degree", [2, 4])
+def test_parallel_degree_gives_the_denoiser_one_packed_bundle_per_rank(degree):
+    config = AppConfig(parallel={"tensor": degree})
+    deployments = {d["name"]: d for d in default_serve_config(config)["applications"][0]["deployments"]}
+    denoiser = deployments["Denoiser"]
+    assert denoiser["placement_group_strategy"] == "STRICT_PACK"
+    assert denoiser["placement_group_bundles"] == [{"CPU": denoiser["ray_actor_options"]["num_cpus"]}] * degree
+    assert "placement_group_bundles" not in deployments["VaeDecoder"]
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(default_serve_config(config))
+
+
+def test_one_rank_has_no_placement_group():
+    denoiser = {d["name"]: d for d in default_serve_config()["applications"][0]["deployments"]}["Denoiser"]
+    assert "placement_group_bundles" not in denoiser
+
+
+def test_tensor_and_sequence_parallel_together_are_refused():
+    with pytest.raises(ValidationError, match="tensor or sequence"):
+        AppConfig(parallel={"tensor": 2, "sequence": 2})
+
+
+def test_gpu_bundles_follow_the_replicas_actor_options():
+    from serve.denoiser_placement import with_denoiser_placement
+
+    options = {"ray_actor_options": {"num_cpus": 8, "num_gpus": 1, "resources": {"videoserve_dit": 1}}}
+    placed = with_denoiser_placement(4, options)
+    assert placed["placement_group_bundles"] == [{"CPU": 8, "GPU": 1, "videoserve_dit": 1}] * 4
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"placement_group_bundles": [{"CPU": 1}] * 3, "placement_group_strategy": "STRICT_PACK"}, "3 bundles"),
+        ({"placement_group_bundles": [{"CPU": 1}] * 2, "placement_group_strategy": "SPREAD"}, "STRICT_PACK"),
+        ({"placement_group_bundles": [{"CPU": 1}] * 2, "placement_group_strategy": "STRICT_PACK",
+          "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}, "first bundle"),
+        ({"placement_group_bundles": [{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 2}],
+          "placement_group_strategy": "STRICT_PACK"}, "different GPU counts"),
+    ],
+)
+def test_denoiser_bundles_that_disagree_with_the_degree_are_refused(options, message):
+    from serve.denoiser_placement import PlacementMismatch, with_denoiser_placement
+
+    with pytest.raises(PlacementMismatch, match=message):
+        with_denoiser_placement(2, options)
+
+
+def test_config_file_with_wrong_bundle_count_is_refused_by_up(tmp_path):
+    data = yaml.safe_load(DEPLOY_FILE.read_text())
+    data["applications"][0]["args"] = {"parallel": {"tensor": 2}}
+    for deployment in data["applications"][0]["deployments"]:
+        if deployment["name"] == "Denoiser":
+            deployment["placement_group_bundles"] = [{"CPU": 0.5}] * 3
+            deployment["placement_group_strategy"] = "STRICT_PACK"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["up", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "3 bundles" in result.output and "parallel degree is 2" in result.output
