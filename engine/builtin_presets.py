@@ -20,7 +20,7 @@ from engine.model_spec import GenerationDefaults, GenerationLimits, Task
 from engine.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 PRESET_METADATA_FILE = "videoserve.json"
 
 # Wan 2.1's own default negative prompt (from the Wan repository's shared config).
@@ -75,7 +75,8 @@ class BuiltinPreset:
 
 
 _TINY_TEXT = dict(vocab_size=128, text_dim=32, text_layers=2, text_heads=2, text_d_kv=16, text_d_ff=64)
-_TINY_DIT = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, vae_base_dim=3)
+# 4 heads and an FFN width divisible by 4: the parallel DiT tests split them over 2 and 4 ranks.
+_TINY_DIT = dict(num_attention_heads=4, attention_head_dim=12, ffn_dim=32, num_layers=2, vae_base_dim=3)
 _TINY_LIMITS = GenerationLimits(min_size=16, max_size=256, min_frames=1, max_frames=33)
 
 
