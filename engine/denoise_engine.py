@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from engine.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, SchedulerLoad, StepResult
+from engine.parallel.communication_log import CommunicationVolume
 from engine.stage_types import DenoiseTask, Latents
 from engine.stages.denoiser import DenoiseState, WanDenoiser
 
@@ -26,6 +28,8 @@ class StepEvent:
     total_steps: int
     step_seconds: float
     batch_size: int
+    # What this rank handed to collectives in the step (the whole batch's); empty on one rank.
+    communication: CommunicationVolume = CommunicationVolume({}, {})
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,25 @@ def step_tokens(task: DenoiseTask, patch_size: tuple[int, int, int]) -> int:
     return tokens * (2 if task.text.negative_prompt_embeds is not None else 1)
 
 
+class Executor(Protocol):
+    """Runs the engine's steps: on this process, or on a gang of ranks (engine/parallel)."""
+
+    denoiser: WanDenoiser
+    last_step_communication: CommunicationVolume
+
+    def start(self, task: DenoiseTask) -> DenoiseState: ...
+
+    def release(self, request_id: str) -> None: ...
+
+    def execute(self, states: Sequence[DenoiseState]) -> None: ...
+
+    def finish(self, state: DenoiseState) -> Latents: ...
+
+
 class InProcessExecutor:
     """Runs each step on this process's denoiser (the ``uni`` executor)."""
+
+    last_step_communication = CommunicationVolume({}, {})
 
     def __init__(self, denoiser: WanDenoiser):
         self.denoiser = denoiser
@@ -70,15 +91,18 @@ class InProcessExecutor:
     def start(self, task: DenoiseTask) -> DenoiseState:
         return self.denoiser.start(task)
 
-    def execute(self, states: list[DenoiseState]) -> None:
-        self.denoiser.step(states)
+    def release(self, request_id: str) -> None:
+        pass  # nothing outside this process holds the request
+
+    def execute(self, states: Sequence[DenoiseState]) -> None:
+        self.denoiser.step(list(states))
 
     def finish(self, state: DenoiseState) -> Latents:
         return self.denoiser.finish(state)
 
 
 class DenoiseEngine:
-    def __init__(self, executor: InProcessExecutor, config: SchedulerConfig,
+    def __init__(self, executor: Executor, config: SchedulerConfig,
                  clock: Callable[[], float] = time.monotonic):
         self.executor = executor
         self.scheduler = DenoiseScheduler(config)
@@ -119,6 +143,7 @@ class DenoiseEngine:
             dropped = [(rid, "expired") for rid in output.expired] + [(rid, "aborted") for rid in output.aborted]
             for request_id, _ in dropped:
                 self._states.pop(request_id, None)
+                self.executor.release(request_id)
             states = [self._states[request_id] for request_id in output.request_ids]
         events: list[EngineEvent] = [DroppedEvent(request_id, reason) for request_id, reason in dropped]
         if not states:
@@ -132,13 +157,15 @@ class DenoiseEngine:
                 for request_id in output.request_ids:
                     self.scheduler.abort_request(request_id)
                     self._states.pop(request_id, None)
+                    self.executor.release(request_id)
             return events + [DroppedEvent(rid, f"failed: {error!r}") for rid in output.request_ids]
         elapsed = time.perf_counter() - started
         with self._lock:
             finished = self.scheduler.update_from_output(output, StepResult(output.request_ids))
             finished_states = {request_id: self._states.pop(request_id) for request_id in finished}
+        communication = self.executor.last_step_communication
         events += [
-            StepEvent(state.task.request_id, state.steps_done, state.total_steps, elapsed, len(states))
+            StepEvent(state.task.request_id, state.steps_done, state.total_steps, elapsed, len(states), communication)
             for state in states
         ]
         events += [FinishedEvent(rid, self.executor.finish(state)) for rid, state in finished_states.items()]

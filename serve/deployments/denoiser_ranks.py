@@ -1,0 +1,110 @@
+"""The other ranks of a multi-rank Denoiser replica: Ray actors in the replica's placement group.
+
+Serve creates one placement group per replica from the Denoiser's
+``placement_group_bundles``; the replica (rank 0) runs in bundle 0 and starts rank i in
+bundle i. The actors are owned by the replica, so when Serve replaces the replica (its
+health check fails after a rank died) its placement group and every rank go with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import ray
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from engine.parallel.communication_log import CommunicationLog
+from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
+from engine.parallel.process_group import RankGroupAddress, join_rank_group
+from engine.parallel.rank_group_executor import RankFailed, RankMirror, StepMessage
+from engine.stages.denoiser import WanDenoiser
+
+logger = logging.getLogger("ray.serve")
+
+
+def load_parallel_denoiser(config: dict, rank: int, address: RankGroupAddress) -> tuple[WanDenoiser, CommunicationLog]:
+    """Join the group, load the DiT, split it: what every rank, 0 included, does at start-up."""
+    from serve.deployments.model_stage import load_stage_context
+
+    app_config, spec, placement = load_stage_context(config, "transformer")
+    mode = app_config.parallel.mode
+    join_rank_group(address, rank, placement.device, with_deepspeed=needs_deepspeed(mode))
+    denoiser = WanDenoiser(spec, placement)
+    communication = CommunicationLog()
+    parallelize_transformer(denoiser.transformer, mode, communication)
+    return denoiser, communication
+
+
+@ray.remote(max_concurrency=2)  # ping() answers while apply() runs a step
+class DenoiserRank:
+    def __init__(self, config: dict, rank: int, address: RankGroupAddress, torch_threads: int):
+        import torch
+
+        self.torch_threads = torch_threads
+        torch.set_num_threads(torch_threads)
+        denoiser, _ = load_parallel_denoiser(config, rank, address)
+        self.mirror = RankMirror(denoiser)
+
+    def ping(self) -> bool:
+        return True
+
+    def apply(self, message: StepMessage) -> None:
+        import torch
+
+        torch.set_num_threads(self.torch_threads)  # a threaded actor may run this on a new thread
+        self.mirror.apply(message)
+
+
+class RayPeerRanks:
+    """Rank 0's channel to ranks 1..N-1: one actor call per step, the message put once."""
+
+    def __init__(self, ranks: list[Any]):
+        self.ranks = ranks
+
+    def submit(self, message: StepMessage) -> list[ray.ObjectRef]:
+        shared = ray.put(message)  # serialized once, whatever N is
+        return [rank.apply.remote(shared) for rank in self.ranks]
+
+    def wait(self, handle: list[ray.ObjectRef]) -> None:
+        try:
+            ray.get(handle)
+        except ray.exceptions.RayError as error:
+            raise RankFailed(str(error)) from error
+
+    def ping_refs(self) -> list[ray.ObjectRef]:
+        return [rank.ping.remote() for rank in self.ranks]
+
+
+def start_peer_ranks(config: dict, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
+    """Start ranks 1..degree-1, one per bundle of this replica's placement group."""
+    placement_group = get_current_placement_group()
+    if placement_group is None:
+        raise RuntimeError(f"parallel degree {degree} needs the Denoiser's placement_group_bundles "
+                           "(derived from the config's parallel field by the builder)")
+    bundles = placement_group.bundle_specs
+    if len(bundles) != degree:
+        raise RuntimeError(f"the replica's placement group has {len(bundles)} bundles for {degree} ranks")
+    address = RankGroupAddress(ray.util.get_node_ip_address(), _free_port(), degree)
+    ranks = []
+    for index in range(1, degree):
+        bundle = dict(bundles[index])
+        ranks.append(
+            DenoiserRank.options(
+                num_cpus=bundle.pop("CPU", 0),
+                num_gpus=bundle.pop("GPU", 0),
+                memory=bundle.pop("memory", None),
+                resources=bundle,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=index),
+            ).remote(config, index, address, torch_threads)
+        )
+    logger.info("Denoiser rank group of %d at %s:%d", degree, address.master_addr, address.master_port)
+    return address, ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
