@@ -13,6 +13,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# Secrets never sit in this config (it is rendered into serveConfigV2, which anyone who can
+# read the RayService can read): a *_env field names the environment variable that holds one.
+_ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -21,6 +26,11 @@ class StorageConfig(_Strict):
     state_dir: str = Field("~/.local/state/videoserve", description="Jobs database and artifacts live here.")
     job_store_url: str | None = Field(None, description="sqlite:///path or redis://host:port/db; default a SQLite file in state_dir.")
     artifact_dir: str | None = Field(None, description="Default: state_dir/artifacts (a shared volume on multi-node).")
+    job_store_password_env: str | None = Field(
+        None, pattern=_ENV_VAR_NAME,
+        description="Name of the environment variable that holds the Redis job store's password (the chart uses "
+                    "VIDEOSERVE_REDIS_PASSWORD); unset: connect without a password.",
+    )
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser()
@@ -43,10 +53,21 @@ class JobsConfig(_Strict):
 class ApiConfig(_Strict):
     max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     poll_after_ms: int = Field(1000, ge=100, description="The openai-poll-after-ms hint sent to clients.")
+    api_keys_env: str | None = Field(
+        None, pattern=_ENV_VAR_NAME,
+        description="Name of the environment variable that holds the accepted API keys, comma-separated (the chart "
+                    "uses VIDEOSERVE_API_KEYS); when set, every /v1/* request needs 'Authorization: Bearer <key>'. "
+                    "Unset: no authentication.",
+    )
 
 
 class WebhookConfig(_Strict):
     secret: str | None = Field(None, description="whsec_... ; default: generated once into state_dir/webhook_secret.")
+    secret_env: str | None = Field(
+        None, pattern=_ENV_VAR_NAME,
+        description="Name of the environment variable that holds the whsec_... signing secret (the chart uses "
+                    "VIDEOSERVE_WEBHOOK_SECRET); takes the place of secret, which must then be unset.",
+    )
     max_attempts: int = Field(6, ge=1)
     initial_backoff_seconds: float = Field(0.5, gt=0)
 

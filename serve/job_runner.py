@@ -210,6 +210,9 @@ class JobRunner:
                 self.metrics.steps.inc()
                 self.metrics.step_seconds.observe(event.step_seconds)
                 self.metrics.batch_size.observe(event.batch_size)
+                for kind, step_bytes in event.communication_bytes.items():
+                    # Every request in the step reports the step's volume: count each its share.
+                    self.metrics.communication_bytes.labels(kind).inc(step_bytes / event.batch_size)
                 current = await self._update(
                     job_id,
                     stage="denoiser",

@@ -130,17 +130,28 @@ class RedisJobStore(JobStore):
         self._page = client.register_script(_PAGE)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisJobStore:
+    def from_url(cls, url: str, password: str | None = None) -> RedisJobStore:
+        """Connect and check the server answers; ``password`` is for AUTH (kept out of the URL)."""
         client_url, prefix = split_prefix(url)
-        client = redis.Redis.from_url(client_url, decode_responses=True)
+        location = urlsplit(client_url)
+        where = f"job store redis at {location.hostname}:{location.port or 6379}"
+        if password is not None and location.password is not None:
+            # redis-py would quietly prefer the URL's; two sources of one secret is a mistake.
+            raise ValueError(f"{where}: its url has a password and one was given separately; keep only one")
+        options = {} if password is None else {"password": password}
+        client = redis.Redis.from_url(client_url, decode_responses=True, **options)
         try:
             client.ping()
+        except redis.AuthenticationError as error:
+            client.close()
+            given = "the password given was refused" if password or location.password else "no password was given"
+            raise ConnectionError(
+                f"{where} refused to authenticate ({given}: {error}); the password comes from the environment "
+                "variable that storage.job_store_password_env names"
+            ) from error
         except redis.RedisError as error:
             client.close()
-            location = urlsplit(client_url)
-            raise ConnectionError(
-                f"job store redis at {location.hostname}:{location.port or 6379} is not reachable: {error}"
-            ) from error
+            raise ConnectionError(f"{where} is not reachable: {error}") from error
         return cls(client, prefix)
 
     def _job_key(self, job_id: str) -> str:

@@ -2,7 +2,8 @@
 
 The ingress replica owns them: stage latencies, step times and batch sizes are measured
 where the orchestrator sees each stage's result, and job counts are read from the job
-store when Prometheus scrapes, so they are right across replicas and restarts.
+store when Prometheus scrapes, so they are right across replicas and restarts. Replica
+counts per stage are Ray Serve's own, also read at scrape time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 STAGES = ("prompt_expander", "text_encoder", "image_conditioner", "denoiser", "vae_decoder", "post_processor")
+# The Serve deployment that runs each stage (the names serve/app_builder.py binds).
+STAGE_DEPLOYMENTS = {
+    "prompt_expander": "PromptExpander",
+    "text_encoder": "TextEncoder",
+    "image_conditioner": "ImageConditioner",
+    "denoiser": "Denoiser",
+    "vae_decoder": "VaeDecoder",
+    "post_processor": "PostProcessor",
+}
 JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled")
 
 # name -> (type, help). The Grafana dashboard and docs use exactly these names.
@@ -20,10 +30,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "videoserve_http_requests_total": ("counter", "HTTP requests by method, route and status code."),
     "videoserve_stage_latency_seconds": ("histogram", "Time from calling a stage to its result, by stage."),
     "videoserve_stage_in_flight": ("gauge", "Calls in flight to each stage from this ingress."),
+    "videoserve_stage_replicas": ("gauge", "Running replicas of each stage's deployment, as Ray Serve reports them."),
     "videoserve_stage_failures_total": ("counter", "Stage calls that raised, by stage."),
     "videoserve_denoise_step_seconds": ("histogram", "Wall time of one denoising step."),
     "videoserve_denoise_steps_total": ("counter", "Denoising steps run."),
     "videoserve_denoise_batch_size": ("histogram", "Requests in each denoising step."),
+    "videoserve_denoise_communication_bytes_total": (
+        "counter", "Bytes rank 0 of a multi-rank Denoiser handed to collectives, by kind (all_reduce, all_to_all, "
+        "all_gather); each step's volume is shared out over the requests in it."),
     "videoserve_jobs": ("gauge", "Jobs in the job store by status."),
     "videoserve_queue_depth": ("gauge", "Jobs accepted and waiting for a worker."),
     "videoserve_jobs_running": ("gauge", "Jobs this ingress replica is running now."),
@@ -38,6 +52,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "videoserve_cache_entries": ("gauge", "Entries held by each conditioning cache."),
 }
 CACHES = ("text_embeddings", "first_frames")
+COLLECTIVE_KINDS = ("all_reduce", "all_to_all", "all_gather")  # what engine/parallel logs
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -54,6 +69,8 @@ class VideoServeMetrics:
                                        ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.stage_in_flight = Gauge("videoserve_stage_in_flight", _help("videoserve_stage_in_flight"), ["stage"],
                                      registry=r)
+        self.stage_replicas = Gauge("videoserve_stage_replicas", _help("videoserve_stage_replicas"), ["stage"],
+                                    registry=r)
         self.stage_failures = Counter("videoserve_stage_failures", _help("videoserve_stage_failures_total"),
                                       ["stage"], registry=r)
         self.step_seconds = Histogram("videoserve_denoise_step_seconds", _help("videoserve_denoise_step_seconds"),
@@ -61,6 +78,8 @@ class VideoServeMetrics:
         self.steps = Counter("videoserve_denoise_steps", _help("videoserve_denoise_steps_total"), registry=r)
         self.batch_size = Histogram("videoserve_denoise_batch_size", _help("videoserve_denoise_batch_size"),
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
+        self.communication_bytes = Counter("videoserve_denoise_communication_bytes",
+                                           _help("videoserve_denoise_communication_bytes_total"), ["kind"], registry=r)
         self.jobs_running = Gauge("videoserve_jobs_running", _help("videoserve_jobs_running"), registry=r)
         self.jobs_finished = Counter("videoserve_jobs_finished", _help("videoserve_jobs_finished_total"),
                                      ["status"], registry=r)
@@ -75,12 +94,20 @@ class VideoServeMetrics:
         for stage in STAGES:
             self.stage_latency.labels(stage)
             self.stage_in_flight.labels(stage)
+            self.stage_replicas.labels(stage)
             self.stage_failures.labels(stage)
         for status in ("completed", "failed", "cancelled"):
             self.jobs_finished.labels(status)
+        for kind in COLLECTIVE_KINDS:
+            self.communication_bytes.labels(kind)
         for event in ("video.completed", "video.failed"):
             for outcome in ("delivered", "retry", "failed"):
                 self.webhook_deliveries.labels(event, outcome)
+
+    def set_stage_replicas(self, running: dict[str, int]) -> None:
+        """Record Serve's replica counts; a stage this application does not run reads 0."""
+        for stage in STAGES:
+            self.stage_replicas.labels(stage).set(running.get(stage, 0))
 
 
 class _JobStoreCollector:

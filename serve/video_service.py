@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.model_spec import ModelSpec
@@ -18,11 +20,16 @@ from serve.job_runner import JobRunner
 from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
 from serve.metrics import VideoServeMetrics
 
+logger = logging.getLogger("videoserve.metrics")
+
+# A scrape never waits longer than this on another actor (a cache, Serve's controller).
+SCRAPE_READ_TIMEOUT_S = 2.0
+
 
 class VideoService:
     def __init__(self, config: AppConfig, spec: ModelSpec, store: JobStore, artifacts: ArtifactStore,
                  metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool,
-                 caches: dict | None = None):
+                 caches: dict | None = None, stage_replicas: Callable[[], dict[str, int]] | None = None):
         self.config = config
         self.spec = spec
         self.store = store
@@ -32,6 +39,8 @@ class VideoService:
         self.expander_enabled = expander_enabled
         self.learned_upscale_factor = config.post_processing.learned_upscale_factor()
         self.caches = caches or {}
+        # Reads Ray Serve's running replicas per stage (a blocking call to its controller).
+        self.stage_replicas = stage_replicas
 
     async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
         if fields.model is not None and fields.model != self.spec.name:
@@ -111,11 +120,24 @@ class VideoService:
             raise APIError(404, f"video {job_id} has no {variant} content", param="variant", code="not_found")
         return Path(path)
 
+    async def refresh_scraped_metrics(self) -> None:
+        """Numbers that live outside this replica, read when Prometheus scrapes."""
+        await asyncio.gather(self.refresh_cache_stats(), self.refresh_stage_replicas())
+
+    async def refresh_stage_replicas(self) -> None:
+        if self.stage_replicas is None:
+            return
+        try:
+            running = await asyncio.wait_for(asyncio.to_thread(self.stage_replicas), timeout=SCRAPE_READ_TIMEOUT_S)
+        except Exception as error:  # as with the caches: keep the last numbers rather than fail the scrape
+            logger.warning("stage replica counts not refreshed: %s: %s", type(error).__name__, error)
+            return
+        self.metrics.set_stage_replicas(running)
 
     async def refresh_cache_stats(self) -> None:
         for name, cache in self.caches.items():
             try:
-                self.metrics.cache_snapshot[name] = await asyncio.wait_for(cache.stats(), timeout=2.0)
+                self.metrics.cache_snapshot[name] = await asyncio.wait_for(cache.stats(), timeout=SCRAPE_READ_TIMEOUT_S)
             except Exception:  # a cache that cannot answer keeps its last numbers; requests never wait on it
                 pass
 

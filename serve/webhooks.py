@@ -18,15 +18,18 @@ import random
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks import Webhook
+
+from serve.secret_env import secret_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,25 @@ _DELTA_SECONDS = re.compile(r"[0-9]+")
 def generate_webhook_secret() -> str:
     """A fresh signing secret in the ``whsec_<base64>`` form Standard Webhooks libraries read."""
     return _SECRET_PREFIX + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode("ascii")
+
+
+def configured_webhook_secret(
+    *, secret: str | None, secret_env: str | None, generated_file: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """The signing secret: from the environment variable ``secret_env`` names, else ``secret``, else one
+    generated once into ``generated_file`` (a single-machine convenience; a cluster sets one of the others)."""
+    if secret_env is not None and secret is not None:
+        raise ValueError("webhooks: set secret_env or secret, not both")
+    if secret_env is not None:
+        # Stripped: a Secret written from a file often ends in a newline, which base64 never holds.
+        return secret_from_env(secret_env, "webhooks.secret_env", environ).strip()
+    if secret is not None:
+        return secret
+    if not generated_file.exists():
+        generated_file.parent.mkdir(parents=True, exist_ok=True)
+        generated_file.write_text(generate_webhook_secret())
+        generated_file.chmod(0o600)
+    return generated_file.read_text().strip()
 
 
 def _secret_bytes(secret: str) -> bytes:

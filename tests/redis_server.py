@@ -43,10 +43,12 @@ class RedisServer:
     reloads everything written before (a new port is picked each start).
     """
 
-    def __init__(self, data_dir: Path, *, appendonly: bool = True, appendfsync: str = "everysec"):
+    def __init__(self, data_dir: Path, *, appendonly: bool = True, appendfsync: str = "everysec",
+                 password: str | None = None):
         self.data_dir = Path(data_dir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.password = password  # set: the server runs with --requirepass and refuses clients without it
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
 
@@ -68,7 +70,7 @@ class RedisServer:
         for _ in range(5):
             port = free_port()
             process = subprocess.Popen(self._command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if self._wait_until_ready(process, port):
+            if self._wait_until_ready(process, port, self.password):
                 self.port, self._process = port, process
                 return
             self._terminate(process)
@@ -85,11 +87,12 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--daemonize", "no",
+            *(["--requirepass", self.password] if self.password is not None else []),
         ]  # fmt: skip
 
     @staticmethod
-    def _wait_until_ready(process: subprocess.Popen, port: int) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    def _wait_until_ready(process: subprocess.Popen, port: int, password: str | None) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while time.monotonic() < deadline and process.poll() is None:

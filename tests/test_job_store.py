@@ -434,3 +434,66 @@ def test_bad_urls_are_refused_with_the_accepted_forms(url: str, message: str):
 def test_an_unreachable_redis_fails_fast_naming_it():
     with pytest.raises(ConnectionError, match="127.0.0.1:1"):
         open_job_store("redis://127.0.0.1:1/0")
+
+
+# --- the Redis password, from the environment variable the config names ------------------
+
+REDIS_PASSWORD = "correct horse battery staple"
+PASSWORD_ENV = "VIDEOSERVE_TEST_REDIS_PASSWORD"
+
+
+@pytest.fixture(scope="module")
+def redis_with_password(tmp_path_factory):
+    with running_redis_server(tmp_path_factory.mktemp("redis-auth"), appendonly=False, password=REDIS_PASSWORD) as server:
+        yield server
+
+
+def test_the_redis_store_authenticates_with_the_password_from_the_env_var(redis_with_password, monkeypatch):
+    from serve.app_config import AppConfig
+
+    monkeypatch.setenv(PASSWORD_ENV, REDIS_PASSWORD)
+    # As the ingress opens it: the URL and the variable's name from the config, the password from the environment.
+    config = AppConfig(storage={"job_store_url": f"{redis_with_password.url}?prefix=auth",
+                                "job_store_password_env": PASSWORD_ENV})
+    assert REDIS_PASSWORD not in config.model_dump_json()
+    with open_job_store(config.storage.resolved_job_store_url(), config.storage.job_store_password_env) as store:
+        store.create(make_job("video_auth"))
+        assert store.claim("worker", 60).id == "video_auth"  # the Lua scripts run authenticated too
+        assert store.count_by_status()[JobStatus.IN_PROGRESS] == 1
+        assert store.delete("video_auth")
+
+
+def test_a_redis_that_wants_a_password_fails_clearly_without_it(redis_with_password):
+    with pytest.raises(ConnectionError, match="refused to authenticate \\(no password was given") as error:
+        open_job_store(redis_with_password.url)
+    assert f"127.0.0.1:{redis_with_password.port}" in str(error.value)
+    assert "job_store_password_env" in str(error.value)
+
+
+def test_a_wrong_password_is_refused_and_not_echoed(redis_with_password, monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, "not the password")
+    with pytest.raises(ConnectionError, match="the password given was refused") as error:
+        open_job_store(redis_with_password.url, password_env=PASSWORD_ENV)
+    assert "not the password" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", [None, "", "  "], ids=["unset", "empty", "blank"])
+def test_a_named_but_missing_password_variable_stops_start_up_naming_it(redis_with_password, monkeypatch, value):
+    from serve.secret_env import MissingSecretError
+
+    if value is None:
+        monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PASSWORD_ENV, value)
+    with pytest.raises(MissingSecretError, match=f"storage.job_store_password_env names the environment variable "
+                                                 f"{PASSWORD_ENV}, but {PASSWORD_ENV} is (not set|empty)"):
+        open_job_store(redis_with_password.url, password_env=PASSWORD_ENV)
+
+
+def test_a_password_twice_or_for_sqlite_is_refused(redis_with_password, monkeypatch, tmp_path):
+    monkeypatch.setenv(PASSWORD_ENV, REDIS_PASSWORD)
+    url_with_password = redis_with_password.url.replace("redis://", f"redis://:{REDIS_PASSWORD.replace(' ', '%20')}@")
+    with pytest.raises(ValueError, match="keep only one"):
+        open_job_store(url_with_password, password_env=PASSWORD_ENV)
+    with pytest.raises(ValueError, match="SQLite, which takes no password"):
+        open_job_store(f"sqlite:///{tmp_path}/jobs.db", password_env=PASSWORD_ENV)

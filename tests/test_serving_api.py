@@ -284,6 +284,9 @@ def test_metrics_parse_and_contain_every_documented_metric(cluster):
 
     from serve.metrics import METRICS
 
+    # One job of its own, so the completed count below does not hang on earlier tests having run.
+    assert openai_client(cluster).videos.create_and_poll(
+        prompt="counted", extra_body={"num_inference_steps": 1}).status == "completed"
     text = httpx.get(f"{cluster.url('t2v')}/metrics").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     for name, (kind, _) in METRICS.items():
@@ -305,6 +308,23 @@ def test_every_stage_replica_count_follows_the_config(cluster):
     assert set(applications["i2v"].deployments) == {
         "VideoAPI", "TextEncoder", "ImageConditioner", "Denoiser", "VaeDecoder", "PostProcessor", "PromptExpander"
     }
+
+
+def test_stage_replicas_gauge_reports_serves_own_counts(cluster):
+    from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS
+    from serve.metrics import STAGE_DEPLOYMENTS, STAGES
+
+    assert set(STAGE_DEPLOYMENTS) == set(STAGES)
+    assert set(STAGE_DEPLOYMENTS.values()) == set(DEFAULT_DEPLOYMENT_OPTIONS) - {"VideoAPI"}
+    replicas = "videoserve_stage_replicas"
+    # The image-to-video app pins every stage to two replicas; its ingress reads that from Serve.
+    i2v = metric_samples(cluster.url("i2v"))
+    assert {stage: i2v[(replicas, (("stage", stage),))] for stage in STAGES} == {stage: 2.0 for stage in STAGES}
+    # The text-to-video app autoscales from one; it has no image conditioner and no prompt expander.
+    t2v = metric_samples(cluster.url("t2v"))
+    assert t2v[(replicas, (("stage", "image_conditioner"),))] == t2v[(replicas, (("stage", "prompt_expander"),))] == 0
+    assert all(t2v[(replicas, (("stage", stage),))] >= 1
+               for stage in ("text_encoder", "denoiser", "vae_decoder", "post_processor"))
 
 
 BAD_REQUESTS = [

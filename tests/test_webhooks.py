@@ -23,6 +23,7 @@ from serve.webhooks import (
     VIDEO_FAILED,
     WebhookSender,
     WebhookSettings,
+    configured_webhook_secret,
     generate_webhook_secret,
     retry_after_s,
     retry_delay_s,
@@ -422,3 +423,54 @@ def test_an_invalid_url_is_reported_as_failed_not_raised():
     delivered, outcomes = deliver(fast_settings(), "ftp://127.0.0.1/hooks")
     assert delivered is False
     assert outcomes == [(VIDEO_COMPLETED, "failed")]
+
+
+# --- the secret from the environment variable the config names ---------------------------
+
+SECRET_ENV = "VIDEOSERVE_TEST_WEBHOOK_SECRET"
+
+
+def test_the_secret_from_the_env_var_signs_deliveries_the_receiver_verifies(make_receiver, monkeypatch, tmp_path):
+    from serve.app_config import AppConfig
+
+    env_secret = generate_webhook_secret()
+    monkeypatch.setenv(SECRET_ENV, env_secret + "\n")  # as a Secret written from a file often is
+    config = AppConfig(webhooks={"secret_env": SECRET_ENV})
+    assert env_secret not in config.model_dump_json()
+    secret = configured_webhook_secret(secret=config.webhooks.secret, secret_env=config.webhooks.secret_env,
+                                       generated_file=tmp_path / "webhook_secret")
+    receiver = make_receiver(secret=env_secret)
+    delivered, outcomes = deliver(fast_settings(secret=secret), receiver.url)
+    [delivery] = receiver.deliveries
+    assert delivered is True and outcomes == [(VIDEO_COMPLETED, "delivered")]
+    assert delivery.verification_error is None and delivery.payload["data"] == JOB_DATA
+    assert not (tmp_path / "webhook_secret").exists()  # nothing generated when the env var supplies it
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_a_named_but_missing_secret_variable_is_an_error_naming_it(monkeypatch, tmp_path, value):
+    from serve.secret_env import MissingSecretError
+
+    if value is None:
+        monkeypatch.delenv(SECRET_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SECRET_ENV, value)
+    with pytest.raises(MissingSecretError, match=f"webhooks.secret_env names the environment variable {SECRET_ENV}"):
+        configured_webhook_secret(secret=None, secret_env=SECRET_ENV, generated_file=tmp_path / "webhook_secret")
+    assert not (tmp_path / "webhook_secret").exists()  # no silent fallback to a generated secret
+
+
+def test_secret_and_secret_env_together_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    with pytest.raises(ValueError, match="secret_env or secret, not both"):
+        configured_webhook_secret(secret=SECRET, secret_env=SECRET_ENV, generated_file=tmp_path / "webhook_secret")
+
+
+def test_without_a_configured_secret_one_is_generated_once_and_kept(tmp_path):
+    path = tmp_path / "state" / "webhook_secret"
+    first = configured_webhook_secret(secret=None, secret_env=None, generated_file=path)
+    assert first.startswith("whsec_")
+    WebhookSettings(secret=first)  # raises unless it decodes to a usable key
+    assert configured_webhook_secret(secret=None, secret_env=None, generated_file=path) == first
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert configured_webhook_secret(secret=SECRET, secret_env=None, generated_file=path) == SECRET

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serve.api.api_keys import ApiKeyMiddleware, ApiKeys
 from serve.api.create_request import parse_create_fields, read_create_body
 from serve.api.errors import APIError, install_error_handlers
 from serve.artifact_store import VARIANT_MEDIA_TYPES
@@ -28,9 +29,13 @@ def _service(request: Request) -> VideoService:
     return service
 
 
-def create_api() -> FastAPI:
+def create_api(api_keys: ApiKeys | None = None) -> FastAPI:
+    """The app; with ``api_keys``, /v1/* answers 401 unless the request carries one of them."""
     api = FastAPI(title="videoserve", version="0.1.0")
     install_error_handlers(api)
+    if api_keys is not None:
+        # Added before count_requests, so it runs inside it and refused requests are counted too.
+        api.add_middleware(ApiKeyMiddleware, api_keys=api_keys)
 
     @api.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -125,7 +130,7 @@ def create_api() -> FastAPI:
     @api.get("/metrics")
     async def metrics(request: Request):
         service = _service(request)
-        await service.refresh_cache_stats()
+        await service.refresh_scraped_metrics()
         body = await asyncio.to_thread(generate_latest, service.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -9,29 +9,33 @@ from pathlib import Path
 from ray import serve
 
 from engine.model_registry import resolve_model
+from serve.api.api_keys import api_keys_from_env
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.deployments.stage_caches import CACHE_NAMES, open_stage_cache
 from serve.job_runner import JobRunner, StageHandles
 from serve.job_store import open_job_store
-from serve.metrics import VideoServeMetrics
+from serve.metrics import STAGE_DEPLOYMENTS, VideoServeMetrics
 from serve.video_service import VideoService
-from serve.webhooks import WebhookSender, WebhookSettings, generate_webhook_secret
+from serve.webhooks import WebhookSender, WebhookSettings, configured_webhook_secret
 
 logger = logging.getLogger("videoserve.ingress")
 
 
-def webhook_secret(config: AppConfig) -> str:
-    """The configured secret, or one generated once and kept in the state directory."""
-    if config.webhooks.secret:
-        return config.webhooks.secret
-    path = config.storage.resolved_state_dir() / "webhook_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(generate_webhook_secret())
-        path.chmod(0o600)
-    return path.read_text().strip()
+def running_stage_replicas(app_name: str) -> dict[str, int]:
+    """Running replicas of each stage of ``app_name``, as the Serve controller sees them.
+
+    Blocking (a call to the controller): run it off the event loop.
+    """
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return {}
+    return {
+        stage: application.deployments[deployment].replica_states.get("RUNNING", 0)
+        for stage, deployment in STAGE_DEPLOYMENTS.items()
+        if deployment in application.deployments
+    }
 
 
 # Late-bound: Serve builds the FastAPI app inside the replica, after __init__, through
@@ -41,13 +45,21 @@ class VideoAPIDeployment:
     def __init__(self, config: dict, text_encoder, denoiser, vae_decoder, post_processor,
                  image_conditioner=None, prompt_expander=None):
         app_config = AppConfig.model_validate(config)
+        # Secrets first: a named but missing variable stops this replica before it serves anything.
+        self.api_keys = api_keys_from_env(app_config.api.api_keys_env)
+        secret = configured_webhook_secret(
+            secret=app_config.webhooks.secret,
+            secret_env=app_config.webhooks.secret_env,
+            generated_file=app_config.storage.resolved_state_dir() / "webhook_secret",
+        )
         spec = resolve_model(app_config.model, app_config.resolved_cache_dir())
-        store = open_job_store(app_config.storage.resolved_job_store_url())
+        store = open_job_store(app_config.storage.resolved_job_store_url(),
+                               password_env=app_config.storage.job_store_password_env)
         artifacts = ArtifactStore(Path(app_config.storage.resolved_artifact_dir()))
         metrics = VideoServeMetrics(lambda: {status.value: count for status, count in store.count_by_status().items()})
         webhooks = WebhookSender(
             WebhookSettings(
-                secret=webhook_secret(app_config),
+                secret=secret,
                 max_attempts=app_config.webhooks.max_attempts,
                 initial_backoff_s=app_config.webhooks.initial_backoff_seconds,
             ),
@@ -58,14 +70,16 @@ class VideoAPIDeployment:
         caches = {}
         if app_config.caches.enabled:
             caches = {name: open_stage_cache(app_config, name) for name in CACHE_NAMES}
+        app_name = serve.get_replica_context().app_name
         self.service = VideoService(app_config, spec, store, artifacts, metrics, self.runner,
-                                    expander_enabled=prompt_expander is not None, caches=caches)
+                                    expander_enabled=prompt_expander is not None, caches=caches,
+                                    stage_replicas=lambda: running_stage_replicas(app_name))
         # Serve calls __init__ on the replica's event loop, so the runner can start now.
         asyncio.get_running_loop()
         self.runner.start()
 
     def __serve_build_asgi_app__(self):
-        api = create_api()
+        api = create_api(self.api_keys)
         api.state.service = self.service
         return api
 
