@@ -20,7 +20,7 @@ from engine.model_spec import GenerationDefaults, GenerationLimits, Task
 from engine.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 PRESET_METADATA_FILE = "videoserve.json"
 
 # Wan 2.1's own default negative prompt (from the Wan repository's shared config).
@@ -198,6 +198,8 @@ def save_random_wan_pipeline(preset: BuiltinPreset, directory: Path) -> None:
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
         image_dim=arch.image_hidden_size if image_to_video else None,
+        # As in Wan2.1-I2V: image tokens get their own key/value projections in cross-attention.
+        added_kv_proj_dim=arch.num_attention_heads * arch.attention_head_dim if image_to_video else None,
     )
     torch.manual_seed(arch.seed + 2)
     vae = AutoencoderKLWan(
