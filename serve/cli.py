@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deploy.cli import deploy_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve and run Wan text/image-to-video models.")
 stderr = Console(stderr=True)
 
@@ -207,6 +209,7 @@ def up(
 
 config_app = typer.Typer(help="Ray Serve config files for videoserve.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(deploy_app, name="deploy")
 
 
 @config_app.command("render")

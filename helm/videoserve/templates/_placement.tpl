@@ -1,0 +1,87 @@
+{{/*
+The Denoiser's placement-group bundles, derived from the parallel degree exactly as
+serve/denoiser_placement.py derives them (tests/test_helm_chart.py checks the two agree):
+
+- one bundle per rank, each holding what the replica actor itself asks for (CPU num_cpus,
+  default 1; GPU num_gpus when non-zero; plus its custom resources), packed on one node
+  (STRICT_PACK, the ranks exchange activations every step); nothing added for degree 1;
+- bundles already given in serve.deployments.Denoiser are kept only when they agree with
+  the degree: one per rank, STRICT_PACK above one rank, the first holding the replica's
+  own resources, and the same GPU count in every one.
+*/}}
+
+{{/* rank_bundle(ray_actor_options) as JSON. */}}
+{{- define "videoserve.rankBundle" -}}
+{{- $actor := . | default dict -}}
+{{- $bundle := dict "CPU" 1 -}}
+{{- if hasKey $actor "num_cpus" -}}{{- $_ := set $bundle "CPU" (index $actor "num_cpus") -}}{{- end -}}
+{{- if index $actor "num_gpus" -}}{{- $_ := set $bundle "GPU" (index $actor "num_gpus") -}}{{- end -}}
+{{- range $name, $amount := (index $actor "resources" | default dict) -}}
+{{- $_ := set $bundle $name $amount -}}
+{{- end -}}
+{{- toJson $bundle -}}
+{{- end -}}
+
+{{/*
+with_denoiser_placement(degree, options) as JSON. Args: dict "degree" "options" "strategy".
+*/}}
+{{- define "videoserve.denoiserPlacement" -}}
+{{- $degree := int .degree -}}
+{{- $strategy := .strategy -}}
+{{- $options := deepCopy .options -}}
+{{- $actor := index $options "ray_actor_options" | default dict -}}
+{{- $bundles := index $options "placement_group_bundles" -}}
+{{- if kindIs "invalid" $bundles -}}
+  {{- if gt $degree 1 -}}
+    {{- $derived := list -}}
+    {{- range until $degree -}}
+      {{- $derived = append $derived (include "videoserve.rankBundle" $actor | fromJson) -}}
+    {{- end -}}
+    {{- $_ := set $options "placement_group_bundles" $derived -}}
+    {{- $_ := set $options "placement_group_strategy" $strategy -}}
+  {{- end -}}
+{{- else -}}
+  {{- if ne (len $bundles) $degree -}}
+    {{- fail (printf "serve.deployments.Denoiser.placement_group_bundles has %d bundles but parallel degree (serve.args.parallel) is %d: one bundle per rank (remove the bundles to have them derived)" (len $bundles) $degree) -}}
+  {{- end -}}
+  {{- $given := index $options "placement_group_strategy" | default "PACK" -}}
+  {{- if and (gt $degree 1) (ne $given $strategy) -}}
+    {{- fail (printf "serve.deployments.Denoiser.placement_group_strategy must be %s for %d ranks, not %s" $strategy $degree $given) -}}
+  {{- end -}}
+  {{- if $actor -}}
+    {{- $need := include "videoserve.rankBundle" $actor | fromJson -}}
+    {{- $first := index $bundles 0 -}}
+    {{- $short := dict -}}
+    {{- range $name, $amount := $need -}}
+      {{- if lt (float64 (index $first $name | default 0)) (float64 $amount) -}}
+        {{- $_ := set $short $name $amount -}}
+      {{- end -}}
+    {{- end -}}
+    {{- if $short -}}
+      {{- fail (printf "Denoiser ray_actor_options need %s but the first placement_group_bundles entry holds %s: the replica (rank 0) runs in the first bundle" (toJson $short) (toJson $first)) -}}
+    {{- end -}}
+  {{- end -}}
+  {{- $gpuCounts := dict -}}
+  {{- range $bundles -}}
+    {{- $_ := set $gpuCounts (toString (float64 (index . "GPU" | default 0))) true -}}
+  {{- end -}}
+  {{- if gt (len $gpuCounts) 1 -}}
+    {{- fail (printf "Denoiser placement_group_bundles ask for different GPU counts %s: every rank needs the same" (keys $gpuCounts | sortAlpha | toJson)) -}}
+  {{- end -}}
+{{- end -}}
+{{- toJson $options -}}
+{{- end -}}
+
+{{/* GPUs one Denoiser replica takes on its node: all its bundles (STRICT_PACK), or the replica alone. */}}
+{{- define "videoserve.replicaGpus" -}}
+{{- $options := . -}}
+{{- $total := 0.0 -}}
+{{- if index $options "placement_group_bundles" -}}
+  {{- range (index $options "placement_group_bundles") -}}
+    {{- $total = addf $total (index . "GPU" | default 0) -}}
+  {{- end -}}
+{{- else -}}
+  {{- $total = (index $options "ray_actor_options" | default dict).num_gpus | default 0 | float64 -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}

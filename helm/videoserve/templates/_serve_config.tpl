@@ -1,0 +1,139 @@
+{{/*
+serveConfigV2, built from files/serve-defaults.yaml (generated from the Python code by
+`python -m deploy.chart_files`) and values:
+
+- args: the chart's own storage / cache / secret-env settings, then serve.args over them;
+- deployments: deployment_names() of those args (ImageConditioner for image-to-video
+  models, PromptExpander when args.prompt_expander.model is set), each the code's
+  default options with serve.deployments.<Name> merged over them, pinned to its worker
+  group's Ray resource, the Denoiser given one bundle per rank (_placement.tpl).
+
+Nothing here restates a deployment option: the defaults come from the generated file.
+*/}}
+
+{{/* Recursive merge, `extra` winning; maps merge, anything else is replaced (sprig's
+merge functions skip zero values, so `num_gpus: 0` could not override otherwise). */}}
+{{- define "videoserve.deepMerge" -}}
+{{- $merged := deepCopy (.base | default dict) -}}
+{{- range $key, $value := (.extra | default dict) -}}
+  {{- $current := index $merged $key -}}
+  {{- if and (kindIs "map" $value) (kindIs "map" $current) -}}
+    {{- $_ := set $merged $key (include "videoserve.deepMerge" (dict "base" $current "extra" $value) | fromJson) -}}
+  {{- else -}}
+    {{- $_ := set $merged $key $value -}}
+  {{- end -}}
+{{- end -}}
+{{- toJson $merged -}}
+{{- end -}}
+
+{{/* The args the chart itself sets: where its volumes are mounted and which env vars hold its secrets. */}}
+{{- define "videoserve.chartArgs" -}}
+{{- $storage := dict "state_dir" .Values.storage.mountPath "artifact_dir" (printf "%s/artifacts" (trimSuffix "/" .Values.storage.mountPath)) -}}
+{{- if .Values.redis.enabled -}}
+  {{- $_ := set $storage "job_store_url" (printf "%s://%s/%d" (include "videoserve.redisScheme" .) (include "videoserve.redisAddress" .) (int .Values.redis.jobStoreDb)) -}}
+  {{- if include "videoserve.redisSecretName" . -}}
+    {{- $_ := set $storage "job_store_password_env" "VIDEOSERVE_REDIS_PASSWORD" -}}
+  {{- end -}}
+{{- end -}}
+{{- $args := dict "storage" $storage -}}
+{{- if .Values.modelCache.enabled -}}
+  {{- $_ := set $args "cache_dir" .Values.modelCache.mountPath -}}
+{{- end -}}
+{{- if include "videoserve.apiKeysSecret" . -}}
+  {{- $_ := set $args "api" (dict "api_keys_env" "VIDEOSERVE_API_KEYS") -}}
+{{- end -}}
+{{- if include "videoserve.webhookSecret" . -}}
+  {{- $_ := set $args "webhooks" (dict "secret_env" "VIDEOSERVE_WEBHOOK_SECRET") -}}
+{{- end -}}
+{{- toJson $args -}}
+{{- end -}}
+
+{{/* The application's args: the chart's, with serve.args over them. */}}
+{{- define "videoserve.appArgs" -}}
+{{- include "videoserve.deepMerge" (dict "base" (include "videoserve.chartArgs" . | fromJson) "extra" .Values.serve.args) -}}
+{{- end -}}
+
+{{/* deployment_names(AppConfig(args)), as a JSON list. */}}
+{{- define "videoserve.deploymentNames" -}}
+{{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- $model := index $args "model" | default $defaults.default_model -}}
+{{- $imageToVideo := false -}}
+{{- if has $model $defaults.image_to_video_models -}}
+  {{- $imageToVideo = true -}}
+{{- else if has $model $defaults.text_to_video_models -}}
+  {{- if .Values.serve.imageToVideo -}}
+    {{- fail (printf "serve.imageToVideo is true but serve.args.model %s is a text-to-video preset; the flag is for model directories that hold an image-to-video pipeline" $model) -}}
+  {{- end -}}
+{{- else -}}
+  {{- $imageToVideo = .Values.serve.imageToVideo -}}
+{{- end -}}
+{{- $names := $defaults.always_deployed -}}
+{{- if $imageToVideo -}}{{- $names = concat $names $defaults.image_to_video_deployments -}}{{- end -}}
+{{- if dig "prompt_expander" "model" "" $args -}}{{- $names = concat $names $defaults.prompt_expander_deployments -}}{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* The parallel degree of a Denoiser replica: max(tensor, sequence), at most one above 1. */}}
+{{- define "videoserve.parallelDegree" -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- $tensor := int (dig "parallel" "tensor" 1 $args) -}}
+{{- $sequence := int (dig "parallel" "sequence" 1 $args) -}}
+{{- if and (gt $tensor 1) (gt $sequence 1) -}}
+  {{- fail "serve.args.parallel: set tensor or sequence above 1, not both" -}}
+{{- end -}}
+{{- max $tensor $sequence -}}
+{{- end -}}
+
+{{/* One deployment's Serve options. Args: dict "root" "name" "degree" "defaults". */}}
+{{- define "videoserve.deploymentOptions" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $overrides := index ($root.Values.serve.deployments | default dict) $name | default dict -}}
+{{- $options := include "videoserve.deepMerge" (dict "base" (index .defaults.deployments $name) "extra" $overrides) | fromJson -}}
+{{- $group := index $root.Values.serve.stageGroups $name -}}
+{{- if not $group -}}
+  {{- fail (printf "serve.stageGroups.%s is not set: every deployment runs on a group (head, dit, aux or cpu)" $name) -}}
+{{- end -}}
+{{- if not (include "videoserve.groupEnabled" (list $root $group)) -}}
+  {{- fail (printf "serve.stageGroups.%s is %s but workerGroups.%s.enabled is false" $name $group $group) -}}
+{{- end -}}
+{{- if and (hasKey $options "num_replicas") (index $options "autoscaling_config") -}}
+  {{- fail (printf "serve.deployments.%s sets num_replicas while autoscaling_config is on (Ray Serve refuses both): add autoscaling_config: null to pin the replica count" $name) -}}
+{{- end -}}
+{{- $actor := index $options "ray_actor_options" | default dict -}}
+{{- $resources := index $actor "resources" | default dict -}}
+{{- $_ := set $resources (include "videoserve.groupResource" $group) 1 -}}
+{{- $_ := set $actor "resources" $resources -}}
+{{- $_ := set $options "ray_actor_options" $actor -}}
+{{- $podGpus := include "videoserve.groupGpus" (list $root $group) | float64 -}}
+{{- if gt (float64 (index $actor "num_gpus" | default 0)) $podGpus -}}
+  {{- fail (printf "serve.deployments.%s asks for num_gpus %v but a %s pod has %v GPUs" $name (index $actor "num_gpus") $group $podGpus) -}}
+{{- end -}}
+{{- if eq $name "Denoiser" -}}
+  {{- $options = include "videoserve.denoiserPlacement" (dict "degree" .degree "options" $options "strategy" .defaults.denoiser_placement_strategy) | fromJson -}}
+  {{- $replicaGpus := include "videoserve.replicaGpus" $options | float64 -}}
+  {{- if gt $replicaGpus $podGpus -}}
+    {{- fail (printf "the Denoiser needs %v GPUs on one pod (parallel degree %d, one bundle per rank, STRICT_PACK) but a %s pod has %v (workerGroups.%s.gpus)" $replicaGpus (int .degree) $group $podGpus $group) -}}
+  {{- end -}}
+{{- end -}}
+{{- $named := dict "name" $name -}}
+{{- range $key, $value := $options -}}{{- $_ := set $named $key $value -}}{{- end -}}
+{{- toJson $named -}}
+{{- end -}}
+
+{{/* The whole Serve config (ServeDeploySchema) as JSON. */}}
+{{- define "videoserve.serveConfig" -}}
+{{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
+{{- $degree := include "videoserve.parallelDegree" . | int -}}
+{{- $deployments := list -}}
+{{- range $name := include "videoserve.deploymentNames" . | fromJsonArray -}}
+  {{- $deployments = append $deployments (include "videoserve.deploymentOptions" (dict "root" $ "name" $name "degree" $degree "defaults" $defaults) | fromJson) -}}
+{{- end -}}
+{{- $application := deepCopy $defaults.application -}}
+{{- $_ := set $application "args" (include "videoserve.appArgs" . | fromJson) -}}
+{{- $_ := set $application "deployments" $deployments -}}
+{{- $http := deepCopy $defaults.http_options -}}
+{{- $_ := set $http "port" (int .Values.service.port) -}}
+{{- toJson (dict "proxy_location" $defaults.proxy_location "http_options" $http "applications" (list $application)) -}}
+{{- end -}}
