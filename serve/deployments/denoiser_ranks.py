@@ -78,8 +78,15 @@ class RayPeerRanks:
         return [rank.ping.remote() for rank in self.ranks]
 
 
+def rank_actor_name(app_name: str, replica_id: str, rank: int) -> str:
+    """Names say whose rank an actor is (operators and the fault test find them by it)."""
+    return f"videoserve-denoiser-rank{rank}:{app_name}:{replica_id}"
+
+
 def start_peer_ranks(config: dict, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
     """Start ranks 1..degree-1, one per bundle of this replica's placement group."""
+    from ray import serve
+
     placement_group = get_current_placement_group()
     if placement_group is None:
         raise RuntimeError(f"parallel degree {degree} needs the Denoiser's placement_group_bundles "
@@ -88,11 +95,13 @@ def start_peer_ranks(config: dict, degree: int, torch_threads: int) -> tuple[Ran
     if len(bundles) != degree:
         raise RuntimeError(f"the replica's placement group has {len(bundles)} bundles for {degree} ranks")
     address = RankGroupAddress(ray.util.get_node_ip_address(), _free_port(), degree)
+    replica = serve.get_replica_context()
     ranks = []
     for index in range(1, degree):
         bundle = dict(bundles[index])
         ranks.append(
             DenoiserRank.options(
+                name=rank_actor_name(replica.replica_id.deployment_id.app_name, replica.replica_id.unique_id, index),
                 num_cpus=bundle.pop("CPU", 0),
                 num_gpus=bundle.pop("GPU", 0),
                 memory=bundle.pop("memory", None),
