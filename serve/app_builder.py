@@ -9,6 +9,8 @@ overrides them by name, in Ray Serve's own format, which is what ``serve run`` /
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -16,6 +18,7 @@ from ray.serve import Application
 
 from engine.model_registry import model_task, resolve_model
 from engine.model_spec import Task
+from engine.parallel.parallel_dit import check_parallel_degree
 from serve.app_config import AppConfig
 from serve.denoiser_autoscaling import POLICY_IMPORT_PATH as DENOISER_POLICY
 from serve.denoiser_placement import with_denoiser_placement
@@ -74,10 +77,22 @@ def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _check_parallel_degree(model_source: str, config: AppConfig) -> None:
+    """A degree the DiT cannot split fails the deploy here, not in every rank at start-up.
+
+    Only where the checkpoint is a local directory: a hub model's config is checked by the
+    ranks themselves, which fetch it anyway.
+    """
+    transformer_config = Path(model_source) / "transformer" / "config.json"
+    if config.parallel.degree > 1 and transformer_config.is_file():
+        check_parallel_degree(json.loads(transformer_config.read_text()), config.parallel.mode, config.parallel.degree)
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args or {})
     # Built-in presets are generated here once, not raced by every replica starting up.
     spec = resolve_model(config.model, config.resolved_cache_dir())
+    _check_parallel_degree(spec.source, config)
     bound_config = config.model_dump(mode="json")
     options = deployment_options(config)
 

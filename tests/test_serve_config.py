@@ -143,3 +143,11 @@ def test_config_file_with_wrong_bundle_count_is_refused_by_up(tmp_path):
     result = CliRunner().invoke(app, ["up", "--config", str(path)])
     assert result.exit_code == 2
     assert "3 bundles" in result.output and "parallel degree is 2" in result.output
+
+
+@pytest.mark.parametrize("parallel,field", [({"tensor": 3}, "num_attention_heads"), ({"sequence": 8}, "num_attention_heads")])
+def test_builder_refuses_a_degree_the_dit_cannot_split(preset_cache, tiny_spec, parallel, field):
+    from serve.app_builder import build_app
+
+    with pytest.raises(ValueError, match=field):
+        build_app({"model": "tiny", "cache_dir": str(preset_cache), "parallel": parallel})

@@ -24,3 +24,17 @@ def parallelize_transformer(transformer, mode: str, log: CommunicationLog) -> No
         split_sequence(transformer, log)
     else:
         raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, not {mode!r}")
+
+
+def check_parallel_degree(transformer_config: dict, mode: str, degree: int) -> None:
+    """Refuse, before any rank starts, a degree the DiT's heads (and FFN width, for tensor) cannot split."""
+    if mode == "tensor":
+        from engine.parallel.tensor_parallel import check_tensor_parallel_degree
+
+        check_tensor_parallel_degree(transformer_config, degree)
+    elif mode == "sequence":
+        from engine.parallel.sequence_parallel import check_sequence_parallel_degree
+
+        check_sequence_parallel_degree(transformer_config, degree)
+    else:
+        raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, not {mode!r}")
