@@ -70,4 +70,4 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 30
 
 
 from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, once per session)
-from tests.serving_cluster import ray_cluster  # noqa: E402,F401
+from tests.serving_cluster import ray_cluster, serve_port  # noqa: E402,F401

@@ -46,6 +46,13 @@ def ray_cluster():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster) -> int:
+    """The one HTTP port of the session: Serve's proxy keeps the port it first started on
+    until Serve shuts down, so every module that deploys an app uses this one."""
+    return free_port()
+
+
 def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dict, dict[str, Path]]:
     """Two applications: text-to-video at /, image-to-video at /i2v with every stage scaled to 2."""
     from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS

@@ -15,18 +15,17 @@ import pytest
 import ray
 
 from engine.request_validation import validate_generation
-from tests.serving_cluster import free_port
 
 pytestmark = pytest.mark.timeout(600)
 APPS = {"tp": {"tensor": 2}, "sp": {"sequence": 2}}
 
 
 @pytest.fixture(scope="module")
-def parallel_cluster(ray_cluster, preset_cache, tmp_path_factory):
+def parallel_cluster(ray_cluster, serve_port, preset_cache, tmp_path_factory):
     from serve.app_config import AppConfig
     from serve.cluster_launcher import default_serve_config, deploy
 
-    port = free_port()
+    port = serve_port
     state_root = tmp_path_factory.mktemp("parallel-state")
     config = None
     for name, parallel in APPS.items():

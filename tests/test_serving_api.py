@@ -27,10 +27,10 @@ LONG_JOB = {"size": "256x256", "num_frames": 33, "num_inference_steps": 100}
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_cluster, preset_cache, redis_server, tmp_path_factory):
+def cluster(ray_cluster, serve_port, preset_cache, redis_server, tmp_path_factory):
     from serve.cluster_launcher import deploy
 
-    port = free_port()
+    port = serve_port
     config, state_dirs = cluster_config(port, preset_cache, tmp_path_factory.mktemp("state"))
     # The image-to-video app keeps its jobs in Redis, as a multi-node deployment would.
     i2v_args = config["applications"][1]["args"]
