@@ -14,8 +14,6 @@ cores).
 from __future__ import annotations
 
 import math
-import multiprocessing
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# The modules every rank needs, imported once in the forkserver.
-_FORKSERVER_PRELOAD = [
-    "diffusers",
-    "diffusers.models.transformers.transformer_wan",
-    "diffusers.schedulers.scheduling_unipc_multistep",
-    "deepspeed",
-    "deepspeed.sequence.layer",
-    "engine.stages.denoiser",
-    "engine.parallel.sequence_parallel",
-    "tests.sequence_parallel_ranks",
-]
+from tests.rank_processes import result_path, spawn_ranks
 
 # One denoising step's batch as WanDenoiser builds it for two requests, the first with
 # classifier-free guidance: [conditional A, conditional B, unconditional A].
@@ -63,24 +51,9 @@ class ModelCase:
     with_image: bool = False
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_ranks(world_size: int, cases: list[ModelCase], out_dir: Path) -> None:
     """Run every case on a fresh group of ``world_size`` ranks; results land in ``out_dir``."""
-    import torch.multiprocessing as mp
-
-    # Takes effect when the first group starts the forkserver; later groups reuse it.
-    multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)
-    mp.start_processes(_rank_main, args=(world_size, free_port(), cases, out_dir), nprocs=world_size,
-                       start_method="forkserver")
-
-
-def result_path(out_dir: Path, case_name: str, rank: int) -> Path:
-    return out_dir / f"{case_name}.rank{rank}.pt"
+    spawn_ranks(_rank_main, world_size, cases, out_dir)
 
 
 def token_count(config, latent_size: tuple[int, int, int]) -> int:

@@ -13,8 +13,6 @@ in about a second instead of every rank paying diffusers' import (~7 s on 2 core
 from __future__ import annotations
 
 import copy
-import multiprocessing
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +21,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# The modules every rank needs, imported once in the forkserver.
-_FORKSERVER_PRELOAD = [
-    "diffusers",
-    "diffusers.models.transformers.transformer_wan",
-    "diffusers.schedulers.scheduling_unipc_multistep",
-    "engine.stages.denoiser",
-    "engine.parallel.tensor_parallel",
-    "tests.tensor_parallel_ranks",
-]
+from tests.rank_processes import result_path, spawn_ranks
 
 # One denoising step's batch as WanDenoiser builds it for two requests, the first with
 # classifier-free guidance: [conditional A, conditional B, unconditional A].
@@ -73,24 +63,9 @@ class ModelCase:
     dtype: str = "float32"  # the DiT's dtype, as StagePlacement names it
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_ranks(world_size: int, cases: list[ModelCase], out_dir: Path) -> None:
     """Run every case on a fresh group of ``world_size`` ranks; results land in ``out_dir``."""
-    import torch.multiprocessing as mp
-
-    # Takes effect when the first group starts the forkserver; later groups reuse it.
-    multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)
-    mp.start_processes(_rank_main, args=(world_size, free_port(), cases, out_dir), nprocs=world_size,
-                       start_method="forkserver")
-
-
-def result_path(out_dir: Path, case_name: str, rank: int) -> Path:
-    return out_dir / f"{case_name}.rank{rank}.pt"
+    spawn_ranks(_rank_main, world_size, cases, out_dir)
 
 
 def _rank_main(rank: int, world_size: int, port: int, cases: list[ModelCase], out_dir: Path) -> None:

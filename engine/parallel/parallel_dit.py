@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+
 from engine.parallel.communication_log import CommunicationLog
 
-PARALLEL_MODES = ("tensor", "sequence")
+# mode -> (module, function that splits a transformer in place, function that checks a degree)
+_MODES = {
+    "tensor": ("engine.parallel.tensor_parallel", "shard_transformer", "check_tensor_parallel_degree"),
+    "sequence": ("engine.parallel.sequence_parallel", "split_sequence", "check_sequence_parallel_degree"),
+}
+PARALLEL_MODES = tuple(_MODES)
 
 
 def needs_deepspeed(mode: str) -> bool:
@@ -14,27 +21,18 @@ def needs_deepspeed(mode: str) -> bool:
 
 def parallelize_transformer(transformer, mode: str, log: CommunicationLog) -> None:
     """Shard (tensor) or split the token sequence of (sequence) ``transformer`` in place."""
-    if mode == "tensor":
-        from engine.parallel.tensor_parallel import shard_transformer
-
-        shard_transformer(transformer, log)
-    elif mode == "sequence":
-        from engine.parallel.sequence_parallel import split_sequence
-
-        split_sequence(transformer, log)
-    else:
-        raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, not {mode!r}")
+    module, split, _ = _mode(mode)
+    getattr(importlib.import_module(module), split)(transformer, log)
 
 
 def check_parallel_degree(transformer_config: dict, mode: str, degree: int) -> None:
     """Refuse, before any rank starts, a degree the DiT's heads (and FFN width, for tensor) cannot split."""
-    if mode == "tensor":
-        from engine.parallel.tensor_parallel import check_tensor_parallel_degree
+    module, _, check = _mode(mode)
+    getattr(importlib.import_module(module), check)(transformer_config, degree)
 
-        check_tensor_parallel_degree(transformer_config, degree)
-    elif mode == "sequence":
-        from engine.parallel.sequence_parallel import check_sequence_parallel_degree
 
-        check_sequence_parallel_degree(transformer_config, degree)
-    else:
+def _mode(mode: str) -> tuple[str, str, str]:
+    # The mode's module is imported only when used: DeepSpeed alone takes seconds to import.
+    if mode not in _MODES:
         raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, not {mode!r}")
+    return _MODES[mode]
