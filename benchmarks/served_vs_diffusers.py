@@ -40,6 +40,8 @@ def main(
     concurrency: Annotated[int, typer.Option(help="Closed-loop clients for the saturation run.")] = 8,
     open_loop_seconds: Annotated[float, typer.Option()] = 60.0,
     max_batch_size: Annotated[int, typer.Option()] = 8,
+    torch_threads: Annotated[int | None, typer.Option(
+        help="Threads of every model stage (AppConfig.torch_threads); unset: the Denoiser 2, the others 1.")] = None,
     port: Annotated[int, typer.Option()] = 8311,
     output: Annotated[Path, typer.Option()] = Path("benchmarks/out/served_vs_diffusers.json"),
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
@@ -48,7 +50,8 @@ def main(
     # the comparison is about the DiT's throughput, not about cache hits.
     mix = WorkloadMix(sizes={"128x128": 1.0}, repeated_prompt_fraction=0.0, num_frames=(17,), steps=(10,),
                       guidance_scales=(5.0,))
-    report: dict[str, Any] = {"model": model, "mix": mix.model_dump(mode="json"), "machine": client_machine()}
+    report: dict[str, Any] = {"model": model, "mix": mix.model_dump(mode="json"), "machine": client_machine(),
+                              "torch_threads": torch_threads}
 
     typer.echo("diffusers baseline (sequential, in-process)...")
     baseline_runs = [run_baseline(model, build_workload(mix, 6, seed=100 + run), cache_dir) for run in range(repeats)]
@@ -59,7 +62,7 @@ def main(
 
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="videoserve-bench-") as state_dir:
-        _start_cluster(model, cache_dir, Path(state_dir), port, max_batch_size)
+        _start_cluster(model, cache_dir, Path(state_dir), port, max_batch_size, torch_threads)
         try:
             typer.echo("single requests over HTTP...")
             single_runs = [run_load(url, LoadSettings(mode="closed_loop", concurrency=1, duration_s=600,
@@ -111,7 +114,8 @@ def main(
                            "warm_cache_stages": cache_run["server_metrics"].get("stage_latency")}, indent=2))
 
 
-def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_batch_size: int) -> None:
+def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_batch_size: int,
+                   torch_threads: int | None) -> None:
     import ray
 
     from serve.app_config import AppConfig
@@ -121,6 +125,7 @@ def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_
         "model": model, "cache_dir": str(cache_dir), "device": "cpu",
         "storage": {"state_dir": str(state_dir)}, "jobs": {"poll_interval_seconds": 0.05},
         "api": {"poll_after_ms": 100}, "denoiser": {"max_batch_size": max_batch_size},
+        "torch_threads": torch_threads,
     })
     serve_config = default_serve_config(config, port=port)
     for deployment in serve_config["applications"][0]["deployments"]:

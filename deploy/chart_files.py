@@ -74,7 +74,7 @@ def serve_defaults() -> dict[str, Any]:
     return {
         "proxy_location": config["proxy_location"],
         "http_options": config["http_options"],
-        "application": {key: application[key] for key in ("name", "route_prefix", "import_path")},
+        "application": {key: application[key] for key in ("name", "route_prefix", "import_path", "runtime_env")},
         "default_model": AppConfig().model,
         "deployments": {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in every},
         "always_deployed": always,

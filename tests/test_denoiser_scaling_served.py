@@ -33,7 +33,7 @@ def scaling_app(ray_cluster, serve_port, preset_cache, tmp_path_factory):
     app = config["applications"][0]
     app["name"], app["route_prefix"] = APP, f"/{APP}"
     # Replicas report their engine backlog every 0.5 s instead of Serve's default 10 s.
-    app["runtime_env"] = {"env_vars": {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}}
+    app["runtime_env"]["env_vars"]["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     for deployment in app["deployments"]:
         if deployment["name"] == "Denoiser":
             deployment["autoscaling_config"].update(
