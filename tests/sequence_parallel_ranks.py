@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.rank_processes import result_path, spawn_ranks
+from tests.rank_processes import run_cases_on_ranks
 
 # One denoising step's batch as WanDenoiser builds it for two requests, the first with
 # classifier-free guidance: [conditional A, conditional B, unconditional A].
@@ -53,26 +53,12 @@ class ModelCase:
 
 def run_ranks(world_size: int, cases: list[ModelCase], out_dir: Path) -> None:
     """Run every case on a fresh group of ``world_size`` ranks; results land in ``out_dir``."""
-    spawn_ranks(_rank_main, world_size, cases, out_dir)
+    run_cases_on_ranks(_run_case, world_size, cases, out_dir, with_deepspeed=True)
 
 
 def token_count(config, latent_size: tuple[int, int, int]) -> int:
     """Video tokens after patching: (frames/p_t) x (height/p_h) x (width/p_w)."""
     return math.prod(length // patch for length, patch in zip(latent_size, config["patch_size"]))
-
-
-def _rank_main(rank: int, world_size: int, port: int, cases: list[ModelCase], out_dir: Path) -> None:
-    import torch.distributed as dist
-
-    from engine.parallel.process_group import RankGroupAddress, join_rank_group
-
-    torch.set_num_threads(1)
-    join_rank_group(RankGroupAddress("127.0.0.1", port, world_size), rank, "cpu", with_deepspeed=True)
-    try:
-        for case in cases:
-            torch.save(_run_case(rank, case), result_path(out_dir, case.name, rank))
-    finally:
-        dist.destroy_process_group()
 
 
 def _load_transformer(case: ModelCase):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.rank_processes import result_path, spawn_ranks
+from tests.rank_processes import run_cases_on_ranks
 
 # One denoising step's batch as WanDenoiser builds it for two requests, the first with
 # classifier-free guidance: [conditional A, conditional B, unconditional A].
@@ -65,21 +65,7 @@ class ModelCase:
 
 def run_ranks(world_size: int, cases: list[ModelCase], out_dir: Path) -> None:
     """Run every case on a fresh group of ``world_size`` ranks; results land in ``out_dir``."""
-    spawn_ranks(_rank_main, world_size, cases, out_dir)
-
-
-def _rank_main(rank: int, world_size: int, port: int, cases: list[ModelCase], out_dir: Path) -> None:
-    import torch.distributed as dist
-
-    from engine.parallel.process_group import RankGroupAddress, join_rank_group
-
-    torch.set_num_threads(1)
-    join_rank_group(RankGroupAddress("127.0.0.1", port, world_size), rank, "cpu")
-    try:
-        for case in cases:
-            torch.save(_run_case(rank, case), result_path(out_dir, case.name, rank))
-    finally:
-        dist.destroy_process_group()
+    run_cases_on_ranks(_run_case, world_size, cases, out_dir)
 
 
 def _load_transformer(case: ModelCase):

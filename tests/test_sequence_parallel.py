@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from engine.parallel.sequence_parallel import sequence_parallel_step_bytes
-from tests.sequence_parallel_ranks import BATCH_ROWS, ModelCase, result_path, run_ranks
+from tests.rank_processes import result_path
+from tests.sequence_parallel_ranks import BATCH_ROWS, ModelCase, run_ranks
 
 DEGREES = (2, 4)
 FP32_BYTES = 4

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from engine.parallel.tensor_parallel import check_tensor_parallel_degree, tensor_parallel_step_bytes
+from tests.rank_processes import result_path
 from tests.tensor_parallel_ranks import (
     BATCH_ROWS,
     LATENT_FRAMES_HEIGHT_WIDTH,
     TEXT_TOKENS,
     ModelCase,
-    result_path,
     run_ranks,
 )
 
