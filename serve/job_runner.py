@@ -25,6 +25,7 @@ from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.deployments.denoiser import DenoiseDone, DenoiseProgress
 from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.job_updates import JobUpdates
 from serve.metrics import VideoServeMetrics
 from serve.webhooks import WebhookSender
 
@@ -69,6 +70,7 @@ class JobRunner:
         handles: StageHandles,
         metrics: VideoServeMetrics,
         webhooks: WebhookSender | None,
+        updates: JobUpdates | None = None,
     ):
         self.config = config
         self.spec = spec
@@ -77,6 +79,8 @@ class JobRunner:
         self.handles = handles
         self.metrics = metrics
         self.webhooks = webhooks
+        # Every record this runner writes is pushed here: to event streams, and to its own claim loop.
+        self.updates = updates or JobUpdates()
         self.owner = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, asyncio.Task] = {}
         self._metadata: dict[str, dict] = {}  # job id -> metadata of the jobs this runner holds
@@ -115,15 +119,21 @@ class JobRunner:
     async def _claim_loop(self) -> None:
         jobs = self.config.jobs
         while not self._stopping:
-            job = None
-            if len(self._running) < jobs.max_concurrent_per_ingress:
-                try:
-                    job = await asyncio.to_thread(self.store.claim, self.owner, jobs.lease_seconds)
-                except Exception:  # a store outage must not kill the loop
-                    logger.exception("claiming a job failed")
-            if job is None:
+            if len(self._running) >= jobs.max_concurrent_per_ingress:
                 await asyncio.sleep(jobs.poll_interval_seconds)
                 continue
+            job = None
+            self.updates.expect_claim()
+            try:
+                job = await asyncio.to_thread(self.store.claim, self.owner, jobs.lease_seconds)
+            except Exception:  # a store outage must not kill the loop
+                logger.exception("claiming a job failed")
+            if job is None:
+                # Woken at once by a job queued through this replica; jobs queued through
+                # another replica (or whose lease expired) are found at the next poll.
+                await self.updates.wait_for_queued(jobs.poll_interval_seconds)
+                continue
+            self.updates.publish(job)
             self._running[job.id] = asyncio.create_task(self._run(job))
             self.metrics.jobs_running.set(len(self._running))
 
@@ -276,8 +286,10 @@ class JobRunner:
         if "metadata" in changes:
             changes["metadata"] = {**self._metadata.get(job_id, {}), **changes["metadata"]}
         record = await asyncio.to_thread(self.store.update, job_id, **changes)
-        if record is not None and job_id in self._metadata:
-            self._metadata[job_id] = record.metadata
+        if record is not None:
+            if job_id in self._metadata:
+                self._metadata[job_id] = record.metadata
+            self.updates.publish(record)
         return record
 
     async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult) -> None:

@@ -18,6 +18,7 @@ from serve.app_config import AppConfig
 from serve.artifact_store import VARIANT_FILES, ArtifactStore
 from serve.job_runner import JobRunner
 from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.job_updates import JobUpdates
 from serve.metrics import VideoServeMetrics
 
 logger = logging.getLogger("videoserve.metrics")
@@ -29,7 +30,8 @@ SCRAPE_READ_TIMEOUT_S = 2.0
 class VideoService:
     def __init__(self, config: AppConfig, spec: ModelSpec, store: JobStore, artifacts: ArtifactStore,
                  metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool,
-                 caches: dict | None = None, stage_replicas: Callable[[], dict[str, int]] | None = None):
+                 caches: dict | None = None, stage_replicas: Callable[[], dict[str, int]] | None = None,
+                 updates: JobUpdates | None = None):
         self.config = config
         self.spec = spec
         self.store = store
@@ -41,6 +43,8 @@ class VideoService:
         self.caches = caches or {}
         # Reads Ray Serve's running replicas per stage (a blocking call to its controller).
         self.stage_replicas = stage_replicas
+        # The runner's channel when there is one, so streams see what the runner writes.
+        self.updates = updates or (runner.updates if runner is not None else JobUpdates())
 
     async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
         if fields.model is not None and fields.model != self.spec.name:
@@ -75,6 +79,7 @@ class VideoService:
         )
         # Durable before the client learns the id: from here on the job is never lost.
         await asyncio.to_thread(self.store.create, record)
+        self.updates.publish(record)
         return await self.describe(record)
 
     async def get(self, job_id: str) -> JobRecord:
@@ -105,6 +110,7 @@ class VideoService:
                 self.runner.cancel_local(job_id)
             self.metrics.jobs_finished.labels("cancelled").inc()
         await asyncio.to_thread(self.store.delete, job_id)
+        self.updates.publish_deleted(job_id)
         await asyncio.to_thread(self.artifacts.delete, job_id)
 
     async def content_path(self, job_id: str, variant: str) -> Path:

@@ -13,6 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from serve.api.create_request import parse_create_fields
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
@@ -77,6 +78,31 @@ def test_a_poisoned_job_is_retried_a_bounded_number_of_times_then_fails_with_its
     assert "failed after 3 attempts" in job.error_message and "text encoder replica crashed" in job.error_message
     assert metrics.job_retries._value.get() == 2
     assert metrics.jobs_finished.labels("failed")._value.get() == 1
+
+
+def test_jobs_queued_through_this_replica_are_claimed_without_waiting_for_the_poll(tmp_path, tiny_spec):
+    # The store poll is an hour apart: both runs of the job (the first, and the retry after
+    # its failure) can only start because the create and the re-queue pushed a wake-up.
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=2, poll_interval_seconds=3600)
+    handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
+    runner = JobRunner(config, tiny_spec, store, artifacts, handles, metrics, webhooks=None)
+    service = VideoService(config, tiny_spec, store, artifacts, metrics, runner, expander_enabled=False)
+    assert service.updates is runner.updates
+    _CrashingStage.calls = 0
+
+    async def create_and_run():
+        runner.start()
+        await asyncio.sleep(0.1)  # the claim loop has found nothing and waits
+        try:
+            created = await service.create(parse_create_fields({"prompt": "a"}), None)
+            while store.get(created.id).status is not JobStatus.FAILED:
+                await asyncio.sleep(0.02)
+            return created.id
+        finally:
+            await runner.stop()
+
+    job_id = asyncio.run(asyncio.wait_for(create_and_run(), timeout=60))
+    assert store.get(job_id).attempts == 2 == _CrashingStage.calls
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_keeps_serving(tmp_path, tiny_spec):

@@ -16,9 +16,9 @@ from serve.api.create_request import parse_create_fields, read_create_body
 from serve.api.errors import APIError, install_error_handlers
 from serve.artifact_store import VARIANT_MEDIA_TYPES
 from serve.job_store import TERMINAL_STATUSES
+from serve.job_updates import FALLBACK_POLL_SECONDS
 from serve.video_service import VideoService
 
-EVENT_POLL_SECONDS = 0.25
 EVENT_STREAM_MAX_SECONDS = 3600
 
 
@@ -94,21 +94,29 @@ def create_api(api_keys: ApiKeys | None = None) -> FastAPI:
         await service.get(video_id)  # 404 before the stream starts
 
         async def events():
-            last = None
-            deadline = time.monotonic() + EVENT_STREAM_MAX_SECONDS
-            while time.monotonic() < deadline and not await request.is_disconnected():
+            # Registered before the first read, so no write after that read is missed.
+            with service.updates.follow(video_id) as pushed:
                 record = await asyncio.to_thread(service.store.get, video_id)
-                if record is None:
-                    yield _sse("deleted", {"id": video_id, "deleted": True})
-                    return
-                if record.updated_at != last:
-                    last = record.updated_at
-                    video = await service.describe(record)
-                    yield _sse("progress", video.model_dump(mode="json"))
-                if record.status in TERMINAL_STATUSES:
-                    yield _sse("done", video.model_dump(mode="json"))
-                    return
-                await asyncio.sleep(EVENT_POLL_SECONDS)
+                shown_at = None
+                deadline = time.monotonic() + EVENT_STREAM_MAX_SECONDS
+                while True:
+                    if record is None:
+                        yield _sse("deleted", {"id": video_id, "deleted": True})
+                        return
+                    # A pushed record can be older than the one first read: never step back.
+                    if shown_at is None or record.updated_at > shown_at:
+                        shown_at = record.updated_at
+                        video = await service.describe(record)
+                        yield _sse("progress", video.model_dump(mode="json"))
+                        if record.status in TERMINAL_STATUSES:
+                            yield _sse("done", video.model_dump(mode="json"))
+                            return
+                    if time.monotonic() >= deadline or await request.is_disconnected():
+                        return
+                    try:
+                        record = await asyncio.wait_for(pushed.get(), FALLBACK_POLL_SECONDS)
+                    except TimeoutError:  # run by another ingress replica: read the store
+                        record = await asyncio.to_thread(service.store.get, video_id)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
