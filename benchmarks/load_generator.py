@@ -11,9 +11,13 @@ generator slows down with the server and so hides its queueing. ``--saturation``
 closed loop on purpose: ``--concurrency`` clients each send back to back, which finds
 the most the server can complete per second.
 
-Every job is followed by polling ``GET /v1/videos/{id}`` (the server's
-``openai-poll-after-ms``, but at least every ``--max-poll-interval`` seconds), so
-completion and in-progress times are known to within one poll interval. ``/metrics`` is
+Every job is followed through its server-sent event stream, ``GET /v1/videos/{id}/events``
+(``--follow events``, the default): the server pushes each change, so completion and
+in-progress times are exact and following costs the server one request per job. With
+``--follow poll`` the generator polls ``GET /v1/videos/{id}`` instead (the server's
+``openai-poll-after-ms``, but at least every ``--max-poll-interval`` seconds), as the
+OpenAI SDK's ``create_and_poll`` does; times are then known to within one poll
+interval, and on a small machine the polling itself takes CPU from the server. ``/metrics`` is
 scraped before and after, and the report holds the deltas of the server's stage
 latency, denoising step and batch-size histograms and of every cache metric.
 """
@@ -39,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from benchmarks.workload import WorkloadMix, WorkloadRequest, build_workload, open_loop_plan
 
 TERMINAL_STATUSES = ("completed", "failed")
-# Consecutive failed polls of one job before it is given up as a transport error.
+# Consecutive failed polls (or dropped event streams) of one job before it is given up as a transport error.
 MAX_POLL_ERRORS = 5
 
 
@@ -57,7 +61,8 @@ class LoadSettings(BaseModel):
     seed: int = 0
     request_timeout_s: float = Field(600.0, gt=0, description="A job not finished this long after its submit "
                                                                "is recorded as 'timeout'.")
-    max_poll_interval_s: float = Field(0.2, gt=0)
+    follow: Literal["events", "poll"] = Field("events", description="How each job is followed to its end.")
+    max_poll_interval_s: float = Field(0.2, gt=0, description="follow=poll: poll at least this often.")
 
     @model_validator(mode="after")
     def _mode_fields(self) -> LoadSettings:
@@ -146,7 +151,7 @@ def summarize_outcomes(outcomes: Sequence[RequestOutcome]) -> dict[str, Any]:
         "throughput_videos_per_s": throughput,
         "latency_s": latency_summary([outcome.latency_s for outcome in completed]),
         "queue_wait_s": latency_summary(waits, quantiles=(50, 95)),
-        # Completed jobs that went from queued to completed between two polls.
+        # Completed jobs that went from queued to completed between two polls (or events).
         "queue_wait_unobserved": len(completed) - len(waits),
         # How late the generator itself sent requests: large values mean the client, not
         # the server, was the bottleneck and the open-loop figures are not valid.
@@ -299,7 +304,7 @@ class _RunClock:
 
 async def submit_and_follow(client: httpx.AsyncClient, index: int, request: WorkloadRequest, clock: _RunClock,
                             scheduled_s: float, settings: LoadSettings) -> RequestOutcome:
-    """Send one request, then poll its job until it ends or times out."""
+    """Send one request, then follow its job until it ends or times out."""
     seen: dict[str, Any] = {
         "accepted_s": None, "first_in_progress_s": None, "finished_s": None, "http_status": None, "video_id": None,
         "server": None,
@@ -325,30 +330,84 @@ async def submit_and_follow(client: httpx.AsyncClient, index: int, request: Work
     video = response.json()
     seen["video_id"] = video["id"]
     deadline = submit_s + settings.request_timeout_s
+    follow = _follow_events if settings.follow == "events" else _follow_by_polling
+    try:
+        video = await asyncio.wait_for(follow(client, response, seen, clock, settings),
+                                       timeout=max(0.0, deadline - clock.now()))
+    except TimeoutError:
+        # Cancelled, so that a job the run gave up on does not load the server during the next run.
+        cancelled = await _cancel(client, seen["video_id"])
+        return outcome("timeout", f"not finished {settings.request_timeout_s:g} s after submit"
+                                  f"{'; cancelled' if cancelled else '; could not be cancelled'}")
+    except _FollowError as error:
+        return outcome("error", str(error))
+    seen["finished_s"] = clock.now()
+    failed = video["status"] == "failed"
+    return outcome(video["status"], (video.get("error") or {}).get("message", "failed") if failed else None)
+
+
+class _FollowError(Exception):
+    pass
+
+
+def _saw(video: dict[str, Any], seen: dict[str, Any], clock: _RunClock) -> None:
+    seen["server"] = video
+    if video["status"] == "in_progress" and seen["first_in_progress_s"] is None:
+        seen["first_in_progress_s"] = clock.now()
+
+
+async def _follow_events(client: httpx.AsyncClient, created: httpx.Response, seen: dict[str, Any], clock: _RunClock,
+                         settings: LoadSettings) -> dict[str, Any]:
+    """Read the job's event stream until it ends; returns the final video object."""
+    video = created.json()
+    _saw(video, seen, clock)
+    if video["status"] in TERMINAL_STATUSES:
+        return video
+    timeout = httpx.Timeout(60.0, read=settings.request_timeout_s)
+    for attempt in range(MAX_POLL_ERRORS):
+        try:
+            async with client.stream("GET", f"/v1/videos/{video['id']}/events", timeout=timeout) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _FollowError(f"events: HTTP {response.status_code}: {_error_message(response)}")
+                event = None
+                async for line in response.aiter_lines():
+                    if line.startswith("event:"):
+                        event = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line.split(":", 1)[1])
+                        if event == "deleted":
+                            raise _FollowError("events: the job was deleted")
+                        _saw(data, seen, clock)
+                        if event == "done":
+                            return data
+        except httpx.HTTPError as error:
+            if attempt == MAX_POLL_ERRORS - 1:
+                raise _FollowError(f"events: {error!r}") from None
+        # The stream ended without a verdict (the server's stream limit, a dropped
+        # connection): open it again; the first event is the job's current state.
+    raise _FollowError(f"events: the stream ended {MAX_POLL_ERRORS} times without a final status")
+
+
+async def _follow_by_polling(client: httpx.AsyncClient, response: httpx.Response, seen: dict[str, Any],
+                             clock: _RunClock, settings: LoadSettings) -> dict[str, Any]:
+    """Poll the job until it ends, as the OpenAI SDK does; returns the final video object."""
+    video = response.json()
     poll_errors = 0
     while True:
-        seen["server"] = video
-        if video["status"] == "in_progress" and seen["first_in_progress_s"] is None:
-            seen["first_in_progress_s"] = clock.now()
+        _saw(video, seen, clock)
         if video["status"] in TERMINAL_STATUSES:
-            seen["finished_s"] = clock.now()
-            failed = video["status"] == "failed"
-            return outcome(video["status"], (video.get("error") or {}).get("message", "failed") if failed else None)
-        if clock.now() >= deadline:
-            # Cancelled, so that a job the run gave up on does not load the server during the next run.
-            cancelled = await _cancel(client, video["id"])
-            return outcome("timeout", f"not finished {settings.request_timeout_s:g} s after submit"
-                                      f"{'; cancelled' if cancelled else '; could not be cancelled'}")
+            return video
         await asyncio.sleep(_poll_delay(response, settings.max_poll_interval_s))
         try:
             response = await client.get(f"/v1/videos/{video['id']}")
         except httpx.HTTPError as error:
             poll_errors += 1
             if poll_errors >= MAX_POLL_ERRORS:
-                return outcome("error", f"poll: {error!r}")
+                raise _FollowError(f"poll: {error!r}") from None
             continue
         if response.status_code != 200:
-            return outcome("error", f"poll: HTTP {response.status_code}: {_error_message(response)}")
+            raise _FollowError(f"poll: HTTP {response.status_code}: {_error_message(response)}")
         poll_errors = 0
         video = response.json()
 
@@ -515,7 +574,9 @@ def main(
                           ] = False,
     concurrency: Annotated[int, typer.Option(help="Clients in --saturation mode.")] = 4,
     request_timeout: Annotated[float, typer.Option(help="Give up on a job this long after its submit.")] = 600.0,
-    max_poll_interval: Annotated[float, typer.Option(help="Poll each job at least this often (s).")] = 0.2,
+    follow: Annotated[str, typer.Option(help="events: read each job's event stream; poll: poll it.")] = "events",
+    max_poll_interval: Annotated[float, typer.Option(help="--follow poll: poll each job at least this often (s).")
+                                 ] = 0.2,
     output: Annotated[Path, typer.Option(help="JSON report.")] = Path("benchmarks/out/load.json"),
     plot: Annotated[bool, typer.Option("--plot", help="Also write PNG plots next to the report.")] = False,
 ) -> None:
@@ -529,6 +590,7 @@ def main(
             max_requests=max_requests,
             seed=seed,
             request_timeout_s=request_timeout,
+            follow=follow,
             max_poll_interval_s=max_poll_interval,
         )
         report = run_load(server, settings, workload_mix)

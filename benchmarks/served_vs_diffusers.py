@@ -71,16 +71,14 @@ def main(
             typer.echo("saturation (closed loop)...")
             saturation_runs = [
                 run_load(url, LoadSettings(mode="closed_loop", concurrency=concurrency, duration_s=600,
-                                           max_requests=saturation_requests, seed=300 + run,
-                                           max_poll_interval_s=0.5), mix)
+                                           max_requests=saturation_requests, seed=300 + run), mix)
                 for run in range(repeats)
             ]
             saturation = _median([run["summary"]["throughput_videos_per_s"] for run in saturation_runs])
             typer.echo(f"open loop at 70% of {saturation:.3f} videos/s...")
             open_runs = [
                 run_load(url, LoadSettings(mode="open_loop", rate_per_s=0.7 * saturation,
-                                           duration_s=open_loop_seconds, max_requests=200, seed=400 + run,
-                                           max_poll_interval_s=0.5), mix)
+                                           duration_s=open_loop_seconds, max_requests=200, seed=400 + run), mix)
                 for run in range(repeats)
             ]
             p95_at_70 = _median([run["summary"]["latency_s"]["p95"] for run in open_runs])
@@ -123,8 +121,7 @@ def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_
 
     config = AppConfig.model_validate({
         "model": model, "cache_dir": str(cache_dir), "device": "cpu",
-        "storage": {"state_dir": str(state_dir)}, "jobs": {"poll_interval_seconds": 0.05},
-        "api": {"poll_after_ms": 100}, "denoiser": {"max_batch_size": max_batch_size},
+        "storage": {"state_dir": str(state_dir)}, "denoiser": {"max_batch_size": max_batch_size},
         "torch_threads": torch_threads,
     })
     serve_config = default_serve_config(config, port=port)

@@ -305,6 +305,9 @@ class ScriptedVideoServer:
     then completed, except the second job created, which fails. /metrics counts
     finished jobs into the denoiser's stage histogram on top of ``PRIOR_JOBS`` that
     finished before the run, so a correct delta counts only this run's jobs.
+    ``/v1/videos/{id}/events`` streams the job's state as server-sent events whenever it
+    changes, ending with ``done``; ``gets`` counts the plain polls and ``streams`` the
+    event streams opened, so a test can tell which way a job was followed.
     """
 
     QUEUED_S = 0.1
@@ -318,6 +321,8 @@ class ScriptedVideoServer:
         self.posts: list[dict] = []
         self.deleted: list[str] = []
         self.max_unfinished_at_create = 0
+        self.gets = 0
+        self.streams = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -329,6 +334,9 @@ class ScriptedVideoServer:
                     return self._json(200, {"object": "list", "data": [{"id": "scripted", "task": server.task}]})
                 if self.path == "/metrics":
                     return self._text(server.metrics_text())
+                if self.path.endswith("/events"):
+                    return self._events(self.path.split("/")[-2])
+                server.gets += 1
                 video = server.describe(self.path.rsplit("/", 1)[-1])
                 if video is None:
                     return self._json(404, {"error": {"message": "no such video"}})
@@ -350,6 +358,23 @@ class ScriptedVideoServer:
                 self.send_header("openai-poll-after-ms", "1000")
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _events(self, job_id):
+                server.streams += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+                last = None
+                while True:
+                    video = server.describe(job_id)
+                    if video != last:
+                        self.wfile.write(f"event: progress\ndata: {json.dumps(video)}\n\n".encode())
+                        last = video
+                    if video["status"] in ("completed", "failed"):
+                        self.wfile.write(f"event: done\ndata: {json.dumps(video)}\n\n".encode())
+                        return
+                    self.wfile.flush()
+                    time.sleep(0.01)
 
             def _text(self, text):
                 data = text.encode()
@@ -405,9 +430,10 @@ class ScriptedVideoServer:
         )
 
 
-@pytest.fixture(scope="module")
-def open_loop_run():
-    settings = LoadSettings(rate_per_s=20.0, duration_s=0.3, max_requests=10, seed=4, max_poll_interval_s=0.05)
+@pytest.fixture(scope="module", params=["events", "poll"])
+def open_loop_run(request):
+    settings = LoadSettings(rate_per_s=20.0, duration_s=0.3, max_requests=10, seed=4, follow=request.param,
+                            max_poll_interval_s=0.05)
     mix = WorkloadMix(sizes={"32x32": 1}, steps=(2,))
     with ScriptedVideoServer(task="t2v") as server:
         report = run_load(server.url, settings, mix)
@@ -416,6 +442,11 @@ def open_loop_run():
 
 def test_open_loop_sends_at_arrival_times_and_follows_every_job(open_loop_run):
     mix, server, report = open_loop_run
+    # Each job followed the way the settings say, and only that way.
+    if report["settings"]["follow"] == "events":
+        assert server.streams == len(report["requests"]) and server.gets == 0
+    else:
+        assert server.streams == 0 and server.gets >= 2 * len(report["requests"])
     arrivals, requests = open_loop_plan(mix, 20.0, 0.3, 10, seed=4)
     assert len(arrivals) >= 3  # the seed gives a run with several overlapping requests
     records = report["requests"]
