@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from collections import namedtuple
 
 import numpy as np
+import psutil
 import pytest
 import ray
 import torch
@@ -43,6 +45,9 @@ class CachePutter:
     async def put(self, name: str, key: str, seed: int) -> None:
         value = TextEmbeddings(prompt_embeds=seeded(seed, 1, 16, 8), negative_prompt_embeds=seeded(seed + 1, 1, 16, 8))
         await ConditioningCache(name, max_bytes=MiB).put(key, value, tensor_nbytes(value))
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def ping(self) -> str:
         return "alive"
@@ -112,7 +117,14 @@ def test_lru_eviction_by_bytes_and_exact_stats(cache_name):
 def test_values_outlive_the_process_that_put_them(cache_name):
     putter = CachePutter.remote()
     ray.get(putter.put.remote(cache_name, "embeds", seed=7))
+    pid = ray.get(putter.pid.remote())
     ray.kill(putter, no_restart=True)
+    # ray.kill only asks for the kill: wait for the process itself to be gone, or a call
+    # sent right after it may still be answered by the dying actor.
+    try:
+        psutil.Process(pid).wait(timeout=60)  # raises TimeoutExpired if the actor outlives the kill
+    except psutil.NoSuchProcess:
+        pass
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(putter.ping.remote())
 
