@@ -24,6 +24,7 @@ import typer
 
 from benchmarks.diffusers_baseline import run_baseline
 from benchmarks.load_generator import LoadSettings, client_machine, run_load
+from benchmarks.process_cpu import measured_cpu
 from benchmarks.workload import WorkloadMix, build_workload
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "videoserve"
@@ -69,11 +70,13 @@ def main(
                                                       max_requests=4, seed=200 + run), mix) for run in range(repeats)]
             unloaded = _median([run["summary"]["latency_s"]["p50"] for run in single_runs])
             typer.echo("saturation (closed loop)...")
-            saturation_runs = [
-                run_load(url, LoadSettings(mode="closed_loop", concurrency=concurrency, duration_s=600,
-                                           max_requests=saturation_requests, seed=300 + run), mix)
-                for run in range(repeats)
-            ]
+            saturation_runs = []
+            for run in range(repeats):
+                # Which processes had the cores while the cluster was saturated.
+                with measured_cpu() as cpu:
+                    result = run_load(url, LoadSettings(mode="closed_loop", concurrency=concurrency, duration_s=600,
+                                                        max_requests=saturation_requests, seed=300 + run), mix)
+                saturation_runs.append({**result, "cpu": cpu})
             saturation = _median([run["summary"]["throughput_videos_per_s"] for run in saturation_runs])
             typer.echo(f"open loop at 70% of {saturation:.3f} videos/s...")
             open_runs = [
@@ -94,7 +97,9 @@ def main(
         "saturation_throughput_videos_per_s": saturation,
         "p95_latency_at_70pct_s": p95_at_70,
         "single_runs": [run["summary"] for run in single_runs],
-        "saturation_runs": [{**run["summary"], "server_metrics": run["server_metrics"]} for run in saturation_runs],
+        "saturation_runs": [{**run["summary"], "server_metrics": run["server_metrics"], "cpu": run["cpu"]}
+                            for run in saturation_runs],
+        "saturation_cpu_share": _cpu_share([run["cpu"] for run in saturation_runs]),
         "open_loop_runs": [{**run["summary"], "server_metrics": run["server_metrics"]} for run in open_runs],
         "warm_cache_run": {**cache_run["summary"], "server_metrics": cache_run["server_metrics"]},
     }
@@ -108,8 +113,22 @@ def main(
     typer.echo(json.dumps({"baseline": {k: v for k, v in report["baseline"].items() if k != "runs"},
                            "served": {k: v for k, v in report["served"].items() if not k.endswith(("runs", "run"))},
                            "ratios": report["ratios"],
+                           "saturation_cpu_share": report["served"]["saturation_cpu_share"],
                            "warm_cache": cache_run["server_metrics"].get("caches"),
                            "warm_cache_stages": cache_run["server_metrics"].get("stage_latency")}, indent=2))
+
+
+def _cpu_share(runs: list[dict], top: int = 8) -> dict[str, float]:
+    """Median share of the machine's CPU capacity (wall × cores) per process label; 'idle' is what none used."""
+    labels = sorted({label for run in runs for label in run["cpu_s_by_process"]})
+    shares = {label: _median([run["cpu_s_by_process"].get(label, 0.0) / (run["wall_s"] * run["cores"])
+                              for run in runs]) for label in labels}
+    biggest = dict(sorted(shares.items(), key=lambda item: -item[1])[:top])
+    biggest["everything else"] = _median([
+        sum(seconds for label, seconds in run["cpu_s_by_process"].items() if label not in biggest)
+        / (run["wall_s"] * run["cores"]) for run in runs])
+    biggest["idle"] = _median([max(0.0, 1 - run["cpu_s_total"] / (run["wall_s"] * run["cores"])) for run in runs])
+    return biggest
 
 
 def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_batch_size: int,
