@@ -43,6 +43,9 @@ def main(
     max_batch_size: Annotated[int, typer.Option()] = 8,
     torch_threads: Annotated[int | None, typer.Option(
         help="Threads of every model stage (AppConfig.torch_threads); unset: the Denoiser 2, the others 1.")] = None,
+    compile_models: Annotated[bool, typer.Option("--compile/--no-compile",
+                                              help="The served DiT and VAE decoder run torch.compile'd (denoiser.compile, "
+                                                   "vae_decoder.compile).")] = False,
     port: Annotated[int, typer.Option()] = 8311,
     output: Annotated[Path, typer.Option()] = Path("benchmarks/out/served_vs_diffusers.json"),
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
@@ -52,7 +55,7 @@ def main(
     mix = WorkloadMix(sizes={"128x128": 1.0}, repeated_prompt_fraction=0.0, num_frames=(17,), steps=(10,),
                       guidance_scales=(5.0,))
     report: dict[str, Any] = {"model": model, "mix": mix.model_dump(mode="json"), "machine": client_machine(),
-                              "torch_threads": torch_threads}
+                              "torch_threads": torch_threads, "compile": compile_models}
 
     typer.echo("diffusers baseline (sequential, in-process)...")
     baseline_runs = [run_baseline(model, build_workload(mix, 6, seed=100 + run), cache_dir) for run in range(repeats)]
@@ -63,7 +66,7 @@ def main(
 
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="videoserve-bench-") as state_dir:
-        _start_cluster(model, cache_dir, Path(state_dir), port, max_batch_size, torch_threads)
+        _start_cluster(model, cache_dir, Path(state_dir), port, max_batch_size, torch_threads, compile_models)
         try:
             typer.echo("single requests over HTTP...")
             single_runs = [run_load(url, LoadSettings(mode="closed_loop", concurrency=1, duration_s=600,
@@ -132,7 +135,7 @@ def _cpu_share(runs: list[dict], top: int = 8) -> dict[str, float]:
 
 
 def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_batch_size: int,
-                   torch_threads: int | None) -> None:
+                   torch_threads: int | None, compile_models: bool = False) -> None:
     import ray
 
     from serve.app_config import AppConfig
@@ -140,7 +143,8 @@ def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_
 
     config = AppConfig.model_validate({
         "model": model, "cache_dir": str(cache_dir), "device": "cpu",
-        "storage": {"state_dir": str(state_dir)}, "denoiser": {"max_batch_size": max_batch_size},
+        "storage": {"state_dir": str(state_dir)}, "denoiser": {"max_batch_size": max_batch_size, "compile": compile_models},
+        "vae_decoder": {"compile": compile_models},
         "torch_threads": torch_threads,
     })
     serve_config = default_serve_config(config, port=port)

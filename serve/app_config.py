@@ -101,6 +101,19 @@ class DenoiserConfig(_Strict):
     max_batch_size: int = Field(8, ge=1, description="Requests that share one denoising step.")
     max_tokens_per_step: int | None = Field(None, ge=1, description="Cap on transformer tokens per step (CFG counts twice).")
     request_timeout_seconds: float | None = Field(None, gt=0, description="A request still denoising after this is dropped.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the DiT forward when the replica starts, for the model's default request size "
+                    "(tens of seconds per replica start; steps of other sizes run eagerly). Single-rank replicas only.",
+    )
+
+
+class VaeDecoderConfig(_Strict):
+    compile: bool = Field(
+        False,
+        description="torch.compile the VAE decoder when the replica starts, for the model's default request size "
+                    "(tens of seconds per replica start; videos of other sizes decode eagerly).",
+    )
 
 
 class ParallelConfig(_Strict):
@@ -137,12 +150,20 @@ class AppConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
+    vae_decoder: VaeDecoderConfig = VaeDecoderConfig()
     parallel: ParallelConfig = ParallelConfig()
     caches: CacheConfig = CacheConfig()
     api: ApiConfig = ApiConfig()
     webhooks: WebhookConfig = WebhookConfig()
     prompt_expander: PromptExpanderConfig = PromptExpanderConfig()
     post_processing: PostProcessingConfig = PostProcessingConfig()
+
+    @model_validator(mode="after")
+    def _compile_on_one_rank(self) -> AppConfig:
+        if self.denoiser.compile and self.parallel.degree > 1:
+            raise ValueError("denoiser.compile: not supported on a Denoiser of several ranks "
+                             f"(parallel.{self.parallel.mode} is {self.parallel.degree}); set one of them off")
+        return self
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser()

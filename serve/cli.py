@@ -152,6 +152,9 @@ def up(
     exit_after_sample: Annotated[bool, typer.Option(help="Stop once the sample is saved.")] = False,
     tensor_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, DiT sharded by heads/FFN.")] = None,
     sequence_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, token sequence split (Ulysses).")] = None,
+    compile_models: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the DiT and the VAE decoder at replica start for the "
+                                       "model's default size (denoiser.compile, vae_decoder.compile).")] = None,
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Start Ray (or join RAY_ADDRESS), deploy every stage, and serve until interrupted."""
@@ -171,6 +174,9 @@ def up(
         args["storage"] = {"state_dir": str(state_dir)}
     if tensor_parallel is not None or sequence_parallel is not None:
         args["parallel"] = {"tensor": tensor_parallel or 1, "sequence": sequence_parallel or 1}
+    if compile_models is not None:
+        args["denoiser"] = {"compile": compile_models}
+        args["vae_decoder"] = {"compile": compile_models}
     try:
         if config is None:
             app_config = AppConfig.model_validate({"cache_dir": str(cache_dir), **args})

@@ -151,3 +151,9 @@ def test_builder_refuses_a_degree_the_dit_cannot_split(preset_cache, tiny_spec, 
 
     with pytest.raises(ValueError, match=field):
         build_app({"model": "tiny", "cache_dir": str(preset_cache), "parallel": parallel})
+
+
+def test_up_refuses_compile_on_a_gang_before_starting_anything():
+    result = CliRunner().invoke(app, ["up", "--compile", "--sequence-parallel", "2"])
+    assert result.exit_code == 2
+    assert "denoiser.compile" in result.output and "parallel.sequence is 2" in result.output

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.compiled_transformer import CompiledTransformer, StepShape
 from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
@@ -66,7 +67,7 @@ class DenoiseState:
 
 
 class WanDenoiser:
-    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
+    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False):
         import diffusers
         from diffusers import WanTransformer3DModel
 
@@ -77,6 +78,8 @@ class WanDenoiser:
             root, subfolder="transformer", torch_dtype=self.placement.torch_dtype
         )
         self.transformer.to(self.placement.device).eval()
+        # Compiled only for the shapes warm_up_compiled() prepares; everything else runs eagerly.
+        self.compiled = CompiledTransformer(self.transformer) if compile_transformer else None
         self._scheduler_config = diffusers.UniPCMultistepScheduler.load_config(root, subfolder="scheduler")
         # Any scheduler config file reads the same; the class named inside it is the one built.
         self._scheduler_class = getattr(diffusers, self._scheduler_config["_class_name"])
@@ -85,16 +88,39 @@ class WanDenoiser:
     def device(self) -> torch.device:
         return torch.device(self.placement.device)
 
+    def warm_up_compiled(self, width: int, height: int, num_frames: int, image_tokens: int | None = None) -> StepShape:
+        """Compile the forward for requests of this size (slow: call it before serving)."""
+        if self.compiled is None:
+            raise ValueError("warm_up_compiled() needs WanDenoiser(compile_transformer=True)")
+        config = self.transformer.config
+        _, _, frames, latent_height, latent_width = self.spec.geometry.latent_shape(num_frames, height, width)
+        image_dim = config.get("image_dim")
+        if self.spec.is_image_to_video and image_dim is not None and image_tokens is None:
+            raise ValueError(f"{self.spec.name} conditions on image embeds: warm_up_compiled() needs image_tokens")
+        shape = StepShape(
+            hidden_states=(config.in_channels, frames, latent_height, latent_width),
+            encoder_hidden_states=(self.spec.geometry.text_max_length, config.text_dim),
+            image_embeds=(image_tokens, image_dim) if self.spec.is_image_to_video and image_dim is not None else None,
+            dtype=self.transformer.dtype,
+            timestep_dtype=self._new_scheduler({}).timesteps.dtype,
+        )
+        self.compiled.warm_up(shape)
+        return shape
+
     def start(self, task: DenoiseTask) -> DenoiseState:
         overrides = {}
         if task.flow_shift != self._scheduler_config.get("flow_shift", task.flow_shift):
             if "flow_shift" not in self._scheduler_config:
                 raise ValueError(f"{self._scheduler_class.__name__} has no flow_shift to override")
             overrides["flow_shift"] = task.flow_shift
-        scheduler = self._scheduler_class.from_config(self._scheduler_config, **overrides)
-        scheduler.set_timesteps(task.num_inference_steps, device=self.device)
-        scheduler.set_begin_index(0)
+        scheduler = self._new_scheduler(overrides, task.num_inference_steps)
         return DenoiseState(task, scheduler, task.initial_latents.to(self.device, dtype=torch.float32))
+
+    def _new_scheduler(self, overrides: dict, num_inference_steps: int = 2):
+        scheduler = self._scheduler_class.from_config(self._scheduler_config, **overrides)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        scheduler.set_begin_index(0)
+        return scheduler
 
     @torch.no_grad()
     def step(self, states: Sequence[DenoiseState]) -> None:
@@ -146,13 +172,12 @@ class WanDenoiser:
         return predictions
 
     def _forward(self, hidden_states, timestep, encoder_hidden_states, image_embeds) -> torch.Tensor:
-        return self.transformer(
-            hidden_states=hidden_states,
-            timestep=timestep,
-            encoder_hidden_states=encoder_hidden_states.to(self.device, self.transformer.dtype),
-            encoder_hidden_states_image=image_embeds,
-            return_dict=False,
-        )[0]
+        encoder_hidden_states = encoder_hidden_states.to(self.device, self.transformer.dtype)
+        inputs = {"hidden_states": hidden_states, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states,
+                  "encoder_hidden_states_image": image_embeds}
+        if self.compiled is not None:
+            return self.compiled(**inputs)
+        return self.transformer(**inputs, return_dict=False)[0]
 
     def _model_input(self, state: DenoiseState) -> torch.Tensor:
         if state.task.image is None:

@@ -20,6 +20,22 @@ def decode_image(data: bytes):
     return load_image(Image.open(io.BytesIO(data)))
 
 
+def image_embed_tokens(spec: ModelSpec) -> int | None:
+    """Tokens of the CLIP image embeds this stage hands the DiT per image, from config files only.
+
+    None for a checkpoint without an image encoder. The Denoiser needs the number before
+    any request arrives, to compile its forward for image-to-video steps.
+    """
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPVisionConfig
+
+    if (WanImageToVideoPipeline.load_config(spec.source).get("image_encoder") or [None])[0] is None:
+        return None
+    config = CLIPVisionConfig.from_pretrained(spec.source, subfolder="image_encoder")
+    # encode_image takes the penultimate hidden states: one token per patch plus the class token.
+    return (config.image_size // config.patch_size) ** 2 + 1
+
+
 class ImageConditioner:
     def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
         from diffusers import AutoencoderKLWan, WanImageToVideoPipeline

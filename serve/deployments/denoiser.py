@@ -25,6 +25,7 @@ from engine.denoise_scheduler import SchedulerConfig
 from engine.initial_noise import initial_latents
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import WanDenoiser
+from engine.stages.image_conditioner import image_embed_tokens
 from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.object_handoff import ObjectHandoff
 
@@ -58,7 +59,10 @@ class DenoiserDeployment:
         self.model_thread = ModelThread(app_config.torch_threads)
         degree = app_config.parallel.degree
         if degree == 1:
-            executor = InProcessExecutor(WanDenoiser(self.spec, placement))
+            denoiser = WanDenoiser(self.spec, placement, compile_transformer=settings.compile)
+            if settings.compile:
+                self._warm_up_compiled(denoiser)
+            executor = InProcessExecutor(denoiser)
             self.peers = None
         else:
             executor = self._start_rank_group(config, app_config, degree)
@@ -139,6 +143,16 @@ class DenoiserDeployment:
                 sink = self._sinks.get(event.request_id)
                 if sink is not None:
                     sink.put_nowait(event)
+
+    def _warm_up_compiled(self, denoiser: WanDenoiser) -> None:
+        defaults = self.spec.defaults
+        image_tokens = image_embed_tokens(self.spec) if self.spec.is_image_to_video else None
+        started = time.perf_counter()
+        # On the model thread: inductor's CPU kernels take the thread count of the thread that compiles them.
+        shape = self.model_thread.run_blocking(denoiser.warm_up_compiled, defaults.width, defaults.height,
+                                               defaults.num_frames, image_tokens)
+        logger.info("compiled the DiT for %dx%d, %d frames (%s) in %.1fs", defaults.width, defaults.height,
+                    defaults.num_frames, shape, time.perf_counter() - started)
 
     def _start_rank_group(self, config: dict, app_config, degree: int) -> RankGroupExecutor:
         from ray.util.placement_group import get_current_placement_group

@@ -41,6 +41,10 @@ class ModelThread:
     async def run(self, function: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
+    def run_blocking(self, function: Callable[..., T], *args) -> T:
+        """For start-up work (a constructor has no event loop to await on) that must see the model thread's settings."""
+        return self._executor.submit(function, *args).result()
+
 
 def _set_torch_threads(torch_threads: int | None) -> None:
     import torch
