@@ -159,19 +159,11 @@ def dit_inputs(spec: ModelSpec, transformer: torch.nn.Module, rows: int, seed: i
         "return_dict": False,
     }
     if config.image_dim is not None:
-        inputs["encoder_hidden_states_image"] = torch.randn(rows, _image_tokens(spec), config.image_dim,
+        from engine.stages.image_conditioner import image_embed_tokens
+
+        inputs["encoder_hidden_states_image"] = torch.randn(rows, image_embed_tokens(spec), config.image_dim,
                                                             generator=generator)
     return inputs
-
-
-def _image_tokens(spec: ModelSpec) -> int:
-    """CLIP's patch tokens plus its class token: what Wan's image conditioner passes on."""
-    from transformers import CLIPVisionConfig
-
-    from engine.model_registry import local_model_directory
-
-    vision = CLIPVisionConfig.from_pretrained(local_model_directory(spec, "image_encoder"), subfolder="image_encoder")
-    return (vision.image_size // vision.patch_size) ** 2 + 1
 
 
 def parse_batch_sizes(text: str) -> list[int]:

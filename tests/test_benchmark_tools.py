@@ -35,6 +35,7 @@ from benchmarks.load_generator import (
     series_deltas,
 )
 from benchmarks.report_plots import plot_load_report, plot_offered_load
+from benchmarks.throughput_ceiling import ceiling_ratio, split_rows_per_s
 from benchmarks.workload import (
     WorkloadMix,
     build_workload,
@@ -576,6 +577,30 @@ def test_dit_figures_on_the_tiny_preset(tiny_spec):
         assert figure.mfu == pytest.approx(achieved / peak.flops_per_s)
     assert one.throughput_gain_vs_batch1 == pytest.approx(1.0)
     assert two.throughput_gain_vs_batch1 == pytest.approx((2 / two.seconds) * one.seconds)
+
+
+def test_dit_inputs_for_image_to_video_carry_the_image_encoders_tokens(tiny_i2v_spec, tiny_i2v_pipeline):
+    from tests.conftest import image_bytes
+    from engine.request_validation import validate_generation
+
+    transformer = load_transformer(tiny_i2v_spec)
+    inputs = dit_inputs(tiny_i2v_spec, transformer, rows=2)
+    request = validate_generation({"prompt": "x", "image": image_bytes(64, 48), "seed": 1}, tiny_i2v_spec)
+    embeds = tiny_i2v_pipeline.image_conditioner.condition(request).image_embeds
+    assert inputs["encoder_hidden_states_image"].shape == (2, *embeds.shape[1:])
+
+
+def test_ceiling_ratio_is_the_dit_only_video_rate_over_the_baseline():
+    # 40 rows/s, 20 rows per video: 2 videos/s against diffusers' 1.6.
+    assert ceiling_ratio(40.0, 20, 1.6) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="positive"):
+        ceiling_ratio(40.0, 0, 1.6)
+
+
+def test_split_processes_each_time_forwards_while_the_others_run(tiny_spec, preset_cache):
+    rows_per_s = split_rows_per_s("tiny", preset_cache, processes=2, threads=1, rows=2, repeats=2)
+    # Two real processes each reported a rate: the sum is a finite, positive rows/s.
+    assert 0 < rows_per_s < float("inf")
 
 
 # ---- diffusers baseline -----------------------------------------------------------------
