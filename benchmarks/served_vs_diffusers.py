@@ -7,8 +7,10 @@
 
     python -m benchmarks.served_vs_diffusers [--model bench] [--repeats 3]
 
-The diffusers baseline runs first, before the cluster starts, so the two never share
-the cores. Every figure is a median over ``--repeats`` runs.
+The diffusers baseline runs before the cluster starts and again after it stops, so the
+two never share the cores and a drift in the machine's speed during the run shows (and
+is averaged) instead of biasing the ratios. Every figure is a median over ``--repeats``
+runs (the baseline's over twice that).
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ def main(
     report: dict[str, Any] = {"model": model, "mix": mix.model_dump(mode="json"), "machine": client_machine(),
                               "torch_threads": torch_threads, "compile": compile_models}
 
-    typer.echo("diffusers baseline (sequential, in-process)...")
-    baseline_runs = [run_baseline(model, build_workload(mix, 6, seed=100 + run), cache_dir) for run in range(repeats)]
-    baseline_throughput = _median([run["summary"]["throughput_videos_per_s"] for run in baseline_runs])
-    baseline_latency = _median([run["summary"]["request_latency_s"]["p50"] for run in baseline_runs])
-    report["baseline"] = {"throughput_videos_per_s": baseline_throughput, "latency_s": baseline_latency,
-                          "runs": [run["summary"] for run in baseline_runs]}
+    def baseline(first_seed: int) -> list[dict]:
+        return [run_baseline(model, build_workload(mix, 6, seed=first_seed + run), cache_dir)["summary"]
+                for run in range(repeats)]
+
+    # The baseline runs both before the cluster starts and after it stops (never beside
+    # it): a shared VM's speed drifts over minutes, and the ratios should not carry that drift.
+    typer.echo("diffusers baseline (sequential, in-process), before the cluster...")
+    baseline_before = baseline(100)
 
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="videoserve-bench-") as state_dir:
@@ -94,6 +98,17 @@ def main(
                                                    max_requests=6, seed=500), cached_mix)
         finally:
             _stop_cluster()
+    typer.echo("diffusers baseline again, after the cluster...")
+    baseline_after = baseline(150)
+    baseline_runs = baseline_before + baseline_after
+    baseline_throughput = _median([run["throughput_videos_per_s"] for run in baseline_runs])
+    baseline_latency = _median([run["request_latency_s"]["p50"] for run in baseline_runs])
+    report["baseline"] = {
+        "throughput_videos_per_s": baseline_throughput, "latency_s": baseline_latency,
+        "throughput_before_after": [_median([run["throughput_videos_per_s"] for run in runs])
+                                    for runs in (baseline_before, baseline_after)],
+        "runs": baseline_runs,
+    }
 
     report["served"] = {
         "single_request_latency_s": unloaded,
@@ -143,7 +158,8 @@ def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_
 
     config = AppConfig.model_validate({
         "model": model, "cache_dir": str(cache_dir), "device": "cpu",
-        "storage": {"state_dir": str(state_dir)}, "denoiser": {"max_batch_size": max_batch_size, "compile": compile_models},
+        "storage": {"state_dir": str(state_dir)},
+        "denoiser": {"max_batch_size": max_batch_size, "compile": compile_models},
         "vae_decoder": {"compile": compile_models},
         "torch_threads": torch_threads,
     })
