@@ -94,13 +94,13 @@ class WanDenoiser:
             raise ValueError("warm_up_compiled() needs WanDenoiser(compile_transformer=True)")
         config = self.transformer.config
         _, _, frames, latent_height, latent_width = self.spec.geometry.latent_shape(num_frames, height, width)
-        image_dim = config.get("image_dim")
-        if self.spec.is_image_to_video and image_dim is not None and image_tokens is None:
+        image_dim = config.get("image_dim") if self.spec.is_image_to_video else None
+        if image_dim is not None and image_tokens is None:
             raise ValueError(f"{self.spec.name} conditions on image embeds: warm_up_compiled() needs image_tokens")
         shape = StepShape(
             hidden_states=(config.in_channels, frames, latent_height, latent_width),
             encoder_hidden_states=(self.spec.geometry.text_max_length, config.text_dim),
-            image_embeds=(image_tokens, image_dim) if self.spec.is_image_to_video and image_dim is not None else None,
+            image_embeds=None if image_dim is None else (image_tokens, image_dim),
             dtype=self.transformer.dtype,
             timestep_dtype=self._new_scheduler({}).timesteps.dtype,
         )

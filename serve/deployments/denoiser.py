@@ -26,7 +26,7 @@ from engine.initial_noise import initial_latents
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import WanDenoiser
 from engine.stages.image_conditioner import image_embed_tokens
-from serve.deployments.model_stage import ModelThread, load_stage_context
+from serve.deployments.model_stage import ModelThread, compile_for_default_size, load_stage_context
 from serve.object_handoff import ObjectHandoff
 
 
@@ -61,7 +61,8 @@ class DenoiserDeployment:
         if degree == 1:
             denoiser = WanDenoiser(self.spec, placement, compile_transformer=settings.compile)
             if settings.compile:
-                self._warm_up_compiled(denoiser)
+                image_tokens = image_embed_tokens(self.spec) if self.spec.is_image_to_video else None
+                compile_for_default_size(self.model_thread, "DiT", denoiser.warm_up_compiled, self.spec, image_tokens)
             executor = InProcessExecutor(denoiser)
             self.peers = None
         else:
@@ -143,16 +144,6 @@ class DenoiserDeployment:
                 sink = self._sinks.get(event.request_id)
                 if sink is not None:
                     sink.put_nowait(event)
-
-    def _warm_up_compiled(self, denoiser: WanDenoiser) -> None:
-        defaults = self.spec.defaults
-        image_tokens = image_embed_tokens(self.spec) if self.spec.is_image_to_video else None
-        started = time.perf_counter()
-        # On the model thread: inductor's CPU kernels take the thread count of the thread that compiles them.
-        shape = self.model_thread.run_blocking(denoiser.warm_up_compiled, defaults.width, defaults.height,
-                                               defaults.num_frames, image_tokens)
-        logger.info("compiled the DiT for %dx%d, %d frames (%s) in %.1fs", defaults.width, defaults.height,
-                    defaults.num_frames, shape, time.perf_counter() - started)
 
     def _start_rank_group(self, config: dict, app_config, degree: int) -> RankGroupExecutor:
         from ray.util.placement_group import get_current_placement_group

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -15,6 +17,8 @@ from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
 
 T = TypeVar("T")
+
+logger = logging.getLogger("ray.serve")
 
 
 def load_stage_context(config: dict | AppConfig, component: str) -> tuple[AppConfig, ModelSpec, StagePlacement]:
@@ -52,3 +56,16 @@ def _set_torch_threads(torch_threads: int | None) -> None:
     # Unset: what Ray gave this actor (OMP_NUM_THREADS follows ray_actor_options.num_cpus),
     # so the stages sharing a machine do not oversubscribe its cores.
     torch.set_num_threads(torch_threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+
+
+def compile_for_default_size(model_thread: ModelThread, what: str, warm_up: Callable[..., object], spec: ModelSpec,
+                             *extra) -> None:
+    """Run a stage's ``warm_up_compiled(width, height, num_frames, *extra)`` for the model's default request.
+
+    On the model thread: inductor's CPU kernels take the thread count of the thread that compiles them.
+    """
+    defaults = spec.defaults
+    started = time.perf_counter()
+    shape = model_thread.run_blocking(warm_up, defaults.width, defaults.height, defaults.num_frames, *extra)
+    logger.info("compiled the %s for %dx%d, %d frames (%s) in %.1fs", what, defaults.width, defaults.height,
+                defaults.num_frames, shape, time.perf_counter() - started)
