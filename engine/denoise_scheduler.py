@@ -14,8 +14,11 @@ Policy
 - Continuous batching: requests join and leave at step boundaries. A request added
   between two ``schedule()`` calls can run in the very next step, next to the requests of
   its key that are already running.
-- One batch key per step: requests share a forward only if their ``batch_key`` values are
-  equal (they hold everything that changes tensor shapes).
+- One batch key per step: requests share a forward only if their keys for that step are
+  equal. A request's key is its ``batch_key`` (everything that changes tensor shapes),
+  paired, when it has ``step_keys``, with its entry for the step it is about to run (a
+  two-expert model's expert at that step): a request moves to another bucket between
+  steps when that entry changes, and joins that bucket's queue as a newcomer would.
 - Fairness across keys: least recently served first. Each key holding requests has a
   stamp from a counter that only grows. A key is stamped when it starts holding requests
   and again every time it runs; ``schedule()`` runs the key with the smallest stamp. The
@@ -77,6 +80,9 @@ class ScheduledRequest:
     arrival_time: float
     deadline: float | None = None  # absolute time; past it the request expires at the next schedule()
     steps_done: int = 0  # maintained by the scheduler
+    # The part of the key that changes from step to step, one entry per step (e.g. the MoE
+    # expert each step runs); None when the key never changes.
+    step_keys: tuple[Hashable, ...] | None = None
 
     def __post_init__(self):
         self.validate()
@@ -84,6 +90,13 @@ class ScheduledRequest:
     @property
     def remaining_steps(self) -> int:
         return self.total_steps - self.steps_done
+
+    @property
+    def current_key(self) -> Hashable:
+        """The key of the step this request runs next."""
+        if self.step_keys is None:
+            return self.batch_key
+        return (self.batch_key, self.step_keys[self.steps_done])
 
     def validate(self) -> None:
         if not isinstance(self.request_id, str) or not self.request_id:
@@ -106,6 +119,14 @@ class ScheduledRequest:
                 f"steps_done must be an integer from 0 to total_steps - 1 = {self.total_steps - 1} "
                 f"(got {self.steps_done!r})"
             )
+        if self.step_keys is not None:
+            if not isinstance(self.step_keys, tuple) or len(self.step_keys) != self.total_steps:
+                raise ValueError(f"step_keys must be None or a tuple of total_steps = {self.total_steps} keys "
+                                 f"(got {self.step_keys!r})")
+            try:
+                hash(self.step_keys)
+            except TypeError:
+                raise ValueError("step_keys must be a tuple of hashable keys") from None
 
 
 @dataclass(frozen=True)
@@ -159,11 +180,7 @@ class DenoiseScheduler:
         self._requests[request.request_id] = request
         self._add_order[request.request_id] = self._adds
         self._adds += 1
-        bucket = self._by_key.get(request.batch_key)
-        if bucket is None:
-            bucket = self._by_key[request.batch_key] = {}
-            self._key_stamps[request.batch_key] = self._next_stamp()
-        bucket[request.request_id] = request
+        self._enter_bucket(request)
 
     def abort_request(self, request_id: str) -> bool:
         """Mark a held request for removal at the next schedule(); False for an unknown id.
@@ -232,10 +249,16 @@ class DenoiseScheduler:
             if request_id not in ran_set:
                 continue
             request = self._requests[request_id]
+            key = request.current_key
             request.steps_done += 1
-            if request.steps_done == request.total_steps and request_id not in self._aborting:
-                self._remove(request_id)
-                finished.append(request_id)
+            if request.steps_done == request.total_steps:
+                # Aborted after its last step: the next schedule() removes it (from the bucket it ran in).
+                if request_id not in self._aborting:
+                    self._remove(request_id)
+                    finished.append(request_id)
+            elif request.current_key != key:  # its next step runs on another key (e.g. the other expert)
+                self._leave_bucket(request, key)
+                self._enter_bucket(request)
         return finished
 
     def has_unfinished(self) -> bool:
@@ -277,12 +300,30 @@ class DenoiseScheduler:
     def _remove(self, request_id: str) -> None:
         request = self._requests.pop(request_id)
         del self._add_order[request_id]
-        bucket = self._by_key[request.batch_key]
-        del bucket[request_id]
+        self._leave_bucket(request, self._bucket_key(request))
+
+    def _bucket_key(self, request: ScheduledRequest) -> Hashable:
+        # A request aborted after its last step has steps_done == total_steps: it stays
+        # in the bucket of the step it ran last.
+        if request.step_keys is not None and request.steps_done == request.total_steps:
+            return (request.batch_key, request.step_keys[-1])
+        return request.current_key
+
+    def _enter_bucket(self, request: ScheduledRequest) -> None:
+        key = request.current_key
+        bucket = self._by_key.get(key)
+        if bucket is None:
+            bucket = self._by_key[key] = {}
+            self._key_stamps[key] = self._next_stamp()
+        bucket[request.request_id] = request
+
+    def _leave_bucket(self, request: ScheduledRequest, key: Hashable) -> None:
+        bucket = self._by_key[key]
+        del bucket[request.request_id]
         if not bucket:
             # A key that empties loses its place: when it comes back it queues behind the others.
-            del self._by_key[request.batch_key]
-            del self._key_stamps[request.batch_key]
+            del self._by_key[key]
+            del self._key_stamps[key]
 
 
 def _first_fit(tokens: Sequence[int], config: SchedulerConfig) -> list[int]:

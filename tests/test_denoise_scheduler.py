@@ -241,6 +241,57 @@ def test_an_abort_during_the_last_step_wins_over_finishing():
     assert not scheduler.has_unfinished()
 
 
+def test_requests_share_a_step_only_while_their_step_keys_agree():
+    # A two-expert model: "high" runs the first steps, "low" the rest; where the switch
+    # falls depends on each request's own schedule.
+    scheduler = DenoiseScheduler(SchedulerConfig())
+    early = request("early", steps=4, step_keys=("high", "low", "low", "low"))
+    late = request("late", steps=4, step_keys=("high", "high", "high", "low"))
+    scheduler.add_request(early)
+    scheduler.add_request(late)
+
+    outputs = drain(scheduler)
+
+    ran = [(output.batch_key, output.request_ids) for output in outputs]
+    assert ran[0] == (("a", "high"), ("early", "late"))
+    for key, ids in ran:
+        for request_id in ids:
+            owner = early if request_id == "early" else late
+            assert key[1] in owner.step_keys
+    steps_on = Counter((request_id, key[1]) for key, ids in ran for request_id in ids)
+    assert steps_on == {("early", "high"): 1, ("early", "low"): 3, ("late", "high"): 3, ("late", "low"): 1}
+    assert early.steps_done == late.steps_done == 4
+    assert not scheduler.has_unfinished()
+
+
+def test_a_request_changing_step_key_joins_the_requests_already_on_that_key():
+    scheduler = DenoiseScheduler(SchedulerConfig())
+    on_low = request("on-low", steps=3, step_keys=("low", "low", "low"))
+    switching = request("switching", steps=3, step_keys=("high", "low", "low"))
+    scheduler.add_request(switching)
+    run_step(scheduler)  # "switching" runs its high step alone
+    scheduler.add_request(on_low)
+
+    output, _ = run_step(scheduler)
+
+    assert output.batch_key == ("a", "low")
+    assert set(output.request_ids) == {"on-low", "switching"}
+
+
+def test_an_abort_during_the_last_step_of_a_request_with_step_keys_removes_it():
+    scheduler = DenoiseScheduler(SchedulerConfig())
+    scheduler.add_request(request("r1", steps=2, step_keys=("high", "low")))
+    run_step(scheduler)
+    output = scheduler.schedule(0.0)
+    assert output.batch_key == ("a", "low")
+    assert scheduler.abort_request("r1") is True
+
+    assert scheduler.update_from_output(output, StepResult(output.request_ids)) == []
+    assert scheduler.schedule(0.0).aborted == ("r1",)
+    assert not scheduler.has_unfinished()
+    assert scheduler.num_requests == 0
+
+
 def test_requests_past_their_deadline_expire_whether_started_or_not():
     scheduler = DenoiseScheduler(SchedulerConfig(max_batch_size=1))
     scheduler.add_request(request("running", steps=9, arrival=0.0, deadline=5.0))
@@ -301,6 +352,9 @@ def test_config_errors_name_the_field(fields, field):
         ({"deadline": float("nan")}, "deadline"),
         ({"steps_done": -1}, "steps_done"),
         ({"steps_done": 4}, "steps_done"),
+        ({"step_keys": ("high", "low")}, "step_keys"),
+        ({"step_keys": ["high"] * 4}, "step_keys"),
+        ({"step_keys": (["unhashable"],) * 4}, "step_keys"),
     ],
 )
 def test_request_errors_name_the_field(fields, field):
