@@ -84,10 +84,11 @@ def fifo_summary(timings: Sequence[FifoTiming]) -> dict[str, Any]:
 def check_task(spec: ModelSpec, requests: Sequence[WorkloadRequest]) -> None:
     """Refuse requests the model's pipeline cannot run, before loading it."""
     for index, request in enumerate(requests):
-        if request.is_image_to_video != spec.is_image_to_video:
-            kind = "an image-to-video" if spec.is_image_to_video else "a text-to-video"
-            raise ValueError(f"i2v_fraction: request {index} does not fit {spec.name}, {kind} model; the mix's "
-                             f"i2v_fraction must be {1 if spec.is_image_to_video else 0}")
+        task = spec.task_for(request.is_image_to_video)
+        if not spec.supports(task) or (spec.needs_image and not request.is_image_to_video):
+            runs = " and ".join(sorted(task.value for task in spec.tasks))
+            raise ValueError(f"i2v_fraction: request {index} ({task.value}) does not fit {spec.name}, which runs "
+                             f"{runs} only")
 
 
 class DiffusersRunner:
@@ -96,22 +97,32 @@ class DiffusersRunner:
     def __init__(self, spec: ModelSpec):
         import diffusers
 
+        from engine.families import family_of
+
         self.spec = spec
-        pipeline_class = diffusers.WanImageToVideoPipeline if spec.is_image_to_video else diffusers.WanPipeline
-        self.pipeline = pipeline_class.from_pretrained(spec.source)
-        self.pipeline.set_progress_bar_config(disable=True)
+        # One pipeline per task the model runs (Wan 2.2 TI2V and LTX run both from one directory).
+        self.pipelines = {}
+        for task in spec.tasks:
+            pipeline_class = getattr(diffusers, family_of(spec).reference_pipelines[task])
+            self.pipelines[task] = pipeline_class.from_pretrained(spec.source)
+            self.pipelines[task].set_progress_bar_config(disable=True)
 
     def __call__(self, request: WorkloadRequest) -> float:
         """Run one request to the end; returns its wall time in seconds."""
         import torch
 
         kwargs: dict[str, Any] = {}
+        if self.spec.family == "ltx":  # its rotary scale and decoder take these; the server passes the model's
+            defaults = self.spec.defaults
+            kwargs.update(frame_rate=defaults.fps, decode_timestep=defaults.decode_timestep,
+                          decode_noise_scale=defaults.decode_noise_scale)
         if request.image is not None:
             from PIL import Image
 
             kwargs["image"] = Image.open(io.BytesIO(request.image)).convert("RGB")
+        pipeline = self.pipelines[self.spec.task_for(request.image is not None)]
         started = time.perf_counter()
-        self.pipeline(
+        pipeline(
             prompt=request.prompt,
             # What the server does for a request without one: the model's default.
             negative_prompt=self.spec.defaults.negative_prompt if request.negative_prompt is None

@@ -193,6 +193,10 @@ def main(
         typer.echo(f"error: --batch-sizes: {error}", err=True)
         raise typer.Exit(2) from None
     spec = resolve_model(model, cache_dir)
+    if spec.family != "wan":  # the FLOP count below is the Wan DiT's
+        typer.echo(f"error: --model: {spec.name} is a {spec.family} model; this benchmark counts Wan DiT FLOPs",
+                   err=True)
+        raise typer.Exit(2)
     transformer = load_transformer(spec)
     # Other processes on a shared machine make any one peak figure low; measuring it
     # before and after the forwards and keeping the faster errs towards a lower MFU.

@@ -532,11 +532,11 @@ async def _served_model(client: httpx.AsyncClient, mix: WorkloadMix) -> dict[str
     response = await client.get("/v1/models")
     response.raise_for_status()
     model = response.json()["data"][0]
-    task = model.get("task")
-    if task == "t2v" and mix.i2v_fraction > 0:
+    tasks = set(model.get("tasks") or ())
+    if "i2v" not in tasks and mix.i2v_fraction > 0:
         raise ValueError(f"i2v_fraction: {model['id']} is a text-to-video model; the mix must have 0 "
                          f"(got {mix.i2v_fraction})")
-    if task == "i2v" and mix.i2v_fraction < 1:
+    if "t2v" not in tasks and mix.i2v_fraction < 1:
         raise ValueError(f"i2v_fraction: {model['id']} is an image-to-video model and needs an image on every "
                          f"request; the mix must have 1 (got {mix.i2v_fraction})")
     return model

@@ -39,12 +39,12 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     from engine.parallel.communication_log import CommunicationLog
     from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
     from engine.parallel.process_group import RankGroupAddress, join_rank_group
-    from engine.stages.denoiser import WanDenoiser
+    from engine.stages.denoiser import load_denoiser
 
     cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // world_size))
     spec = resolve_model(model, Path(cache_dir))
-    denoiser = WanDenoiser(spec)
+    denoiser = load_denoiser(spec)
     log = CommunicationLog()
     if world_size > 1:
         join_rank_group(RankGroupAddress("127.0.0.1", port, world_size), rank, "cpu",

@@ -157,7 +157,7 @@ def _start_cluster(model: str, cache_dir: Path, state_dir: Path, port: int, max_
     from serve.cluster_launcher import default_serve_config, deploy
 
     config = AppConfig.model_validate({
-        "model": model, "cache_dir": str(cache_dir), "device": "cpu",
+        "models": [model], "cache_dir": str(cache_dir), "device": "cpu",
         "storage": {"state_dir": str(state_dir)},
         "denoiser": {"max_batch_size": max_batch_size, "compile": compile_models},
         "vae_decoder": {"compile": compile_models},

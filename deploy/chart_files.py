@@ -3,10 +3,9 @@
 Helm cannot import Python, so what the chart needs from the code is written into it:
 
 - ``files/serve-defaults.yaml``: the application's name, import path and Serve-level
-  settings, DEFAULT_DEPLOYMENT_OPTIONS of every deployment, which deployments are always
-  part of the app and which only for image-to-video models / with a prompt expander (as
-  ``deployment_names()`` decides), the preset names by task, and the Denoiser placement
-  strategy.
+  settings, DEFAULT_DEPLOYMENT_OPTIONS of every kind of deployment, which kinds an app has
+  once whatever its models, which per model (and which of those only for image-to-video
+  models), the preset names with their tasks, and the Denoiser placement strategy.
 - ``files/grafana-dashboard.json``: a copy of deploy/grafana/videoserve-dashboard.json
   (Helm's ``.Files`` cannot read outside the chart).
 - ``values.schema.json``: its ``serve.args`` subschema is AppConfig's JSON schema and its
@@ -50,23 +49,22 @@ PLACEHOLDER_DASHBOARD: dict[str, Any] = {
 
 def serve_defaults() -> dict[str, Any]:
     """What the chart's serveConfigV2 template starts from, taken from serve/ and engine/."""
-    from engine.model_registry import model_task, preset_names
-    from engine.model_spec import Task
-    from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS, deployment_names
+    from engine.model_registry import model_tasks, preset_names
+    from serve.app_builder import deployment_names
     from serve.app_config import AppConfig
     from serve.cluster_launcher import default_serve_config
     from serve.denoiser_placement import PLACEMENT_STRATEGY
+    from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
+    from serve.model_stages import MODEL_STAGE_KINDS
 
-    image_to_video = [name for name in preset_names() if model_task(name) is Task.IMAGE_TO_VIDEO]
-    text_to_video = [name for name in preset_names() if model_task(name) is Task.TEXT_TO_VIDEO]
-    always = deployment_names(AppConfig(model=text_to_video[0]))
-    with_image = deployment_names(AppConfig(model=image_to_video[0]))
-    with_expander = deployment_names(AppConfig(model=text_to_video[0], prompt_expander={"model": "expander"}))
-    image_only = [name for name in with_image if name not in always]
-    expander_only = [name for name in with_expander if name not in always]
-    every = [*always, *image_only, *expander_only]
-    if sorted(every) != sorted(DEFAULT_DEPLOYMENT_OPTIONS):
-        raise RuntimeError(f"deployment_names() covers {every} but DEFAULT_DEPLOYMENT_OPTIONS has "
+    presets = {name: sorted(task.value for task in model_tasks(name)) for name in preset_names()}
+    text_only = next(name for name, tasks in presets.items() if tasks == ["t2v"])
+    # One-model apps: the deployment names are the stage kinds; which ones, Python decides.
+    with_expander = deployment_names(AppConfig(models=[text_only], prompt_expander={"model": "expander"}))
+    per_model = list(MODEL_STAGE_KINDS)
+    per_app = [name for name in with_expander if name not in per_model]
+    if sorted(per_app + per_model) != sorted(DEFAULT_DEPLOYMENT_OPTIONS):
+        raise RuntimeError(f"deployment_names() covers {per_app + per_model} but DEFAULT_DEPLOYMENT_OPTIONS has "
                            f"{sorted(DEFAULT_DEPLOYMENT_OPTIONS)}: the chart would miss a deployment")
 
     config = default_serve_config(host="0.0.0.0")
@@ -75,13 +73,15 @@ def serve_defaults() -> dict[str, Any]:
         "proxy_location": config["proxy_location"],
         "http_options": config["http_options"],
         "application": {key: application[key] for key in ("name", "route_prefix", "import_path", "runtime_env")},
-        "default_model": AppConfig().model,
-        "deployments": {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in every},
-        "always_deployed": always,
-        "image_to_video_deployments": image_only,
-        "prompt_expander_deployments": expander_only,
-        "image_to_video_models": image_to_video,
-        "text_to_video_models": text_to_video,
+        "default_model": AppConfig().models[0].source,
+        "deployments": {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in per_app + per_model},
+        # In deployment_names() order: VideoAPI, the model stages, PostProcessor, PromptExpander.
+        "app_deployments_before": per_app[:1],
+        "model_stage_kinds": per_model,
+        "image_to_video_stage_kinds": ["ImageConditioner"],
+        "app_deployments_after": [name for name in per_app[1:] if name != "PromptExpander"],
+        "prompt_expander_deployments": ["PromptExpander"],
+        "preset_tasks": presets,
         "denoiser_placement_strategy": PLACEMENT_STRATEGY,
     }
 
@@ -113,7 +113,7 @@ def deployments_schema() -> dict[str, Any]:
     from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
 
-    from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS
+    from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
 
     def names_only(fields: list[str]) -> dict[str, Any]:
         return {field: {} for field in fields}

@@ -14,6 +14,8 @@ from typing import Any
 import helm_python
 import yaml
 
+from serve.deployment_defaults import merge_options
+
 CHART_DIR = Path(__file__).resolve().parent.parent / "helm" / "videoserve"
 
 
@@ -32,9 +34,9 @@ def user_values(values_files: Iterable[Path] = (), set_values: Mapping[str, Any]
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ChartRenderError(f"{path}: a values file must hold a mapping, not {type(loaded).__name__}")
-        merged = _deep_merge(merged, loaded)
+        merged = merge_options(merged, loaded)
     for key, value in (set_values or {}).items():
-        merged = _deep_merge(merged, _nested(key.split("."), value))
+        merged = merge_options(merged, _nested(key.split("."), value))
     return merged
 
 
@@ -93,11 +95,3 @@ def _nested(path: list[str], value: Any) -> dict[str, Any]:
     return {path[0]: value}
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

@@ -1,4 +1,5 @@
-"""videoserve engine: model registry, stage classes and the Wan step protocol.
+"""videoserve engine: model registry, model families (Wan, LTX-Video), stage classes and the
+step protocol.
 
 Nothing in this package imports Ray or FastAPI; a test enforces it. Serving code in
 ``serve/`` wraps these classes.

@@ -2,12 +2,14 @@
 
 The batch dimension is compiled dynamic, so one graph serves any number of requests in
 a step; a one-row step (one request without guidance) runs eagerly, because a batch of
-one would specialise the graph and compile it a second time.
+one would specialise the graph and compile it a second time. Works for any family's
+transformer: a step's shape is read from whatever inputs its family passes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,28 +20,32 @@ MIN_COMPILED_ROWS = 2
 
 @dataclass(frozen=True)
 class StepShape:
-    """Everything about one DiT forward's inputs that a compiled graph is specialised on, bar the batch size."""
+    """Everything about one DiT forward's inputs that a compiled graph is specialised on, bar the batch size.
 
-    hidden_states: tuple[int, ...]  # [channels, frames, height, width] of the latents (+ I2V condition channels)
-    encoder_hidden_states: tuple[int, ...]  # [text tokens, text dim]
-    image_embeds: tuple[int, ...] | None  # [image tokens, image dim] for image-to-video
-    dtype: torch.dtype
-    timestep_dtype: torch.dtype  # the scheduler's: integer for UniPC, float for flow-match Euler
+    Per tensor argument its shape without the batch dimension and its dtype; every other
+    argument (LTX's latent sizes and rotary scale) by value.
+    """
+
+    arguments: tuple[tuple[str, Any], ...]
 
     @classmethod
-    def of(cls, inputs: dict[str, torch.Tensor | None]) -> StepShape:
-        image_embeds = inputs["encoder_hidden_states_image"]
-        return cls(
-            hidden_states=tuple(inputs["hidden_states"].shape[1:]),
-            encoder_hidden_states=tuple(inputs["encoder_hidden_states"].shape[1:]),
-            image_embeds=None if image_embeds is None else tuple(image_embeds.shape[1:]),
-            dtype=inputs["hidden_states"].dtype,
-            timestep_dtype=inputs["timestep"].dtype,
-        )
+    def of(cls, inputs: dict[str, Any]) -> StepShape:
+        described = []
+        for name in sorted(inputs):
+            value = inputs[name]
+            if isinstance(value, torch.Tensor):
+                described.append((name, (tuple(value.shape[1:]), value.dtype)))
+            else:
+                described.append((name, value))
+        return cls(tuple(described))
+
+
+def rows_of(inputs: dict[str, Any]) -> int:
+    return inputs["hidden_states"].shape[0]
 
 
 class CompiledTransformer:
-    """Calls a ``WanTransformer3DModel`` compiled for the warmed step shapes and eagerly for the rest."""
+    """Calls a diffusers transformer compiled for the warmed step shapes and eagerly for the rest."""
 
     def __init__(self, transformer: torch.nn.Module):
         self.transformer = transformer
@@ -51,31 +57,22 @@ class CompiledTransformer:
         return self.shapes.counters
 
     @torch.no_grad()
-    def warm_up(self, shape: StepShape) -> None:
-        device = next(self.transformer.parameters()).device
+    def warm_up(self, inputs: dict[str, Any]) -> None:
+        """Compile for the shape of ``inputs`` (a batch of MIN_COMPILED_ROWS or more rows)."""
+        if rows_of(inputs) < MIN_COMPILED_ROWS:
+            raise ValueError(f"warm up with at least {MIN_COMPILED_ROWS} rows (got {rows_of(inputs)})")
+        self.shapes.warm_up(StepShape.of(inputs), lambda: self._call_compiled(inputs))
 
-        def zeros(row_shape: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor | None:
-            return None if row_shape is None else torch.zeros((MIN_COMPILED_ROWS, *row_shape), dtype=dtype,
-                                                              device=device)
-
-        inputs = {
-            "hidden_states": zeros(shape.hidden_states, shape.dtype),
-            "timestep": torch.full((MIN_COMPILED_ROWS,), 999, dtype=shape.timestep_dtype, device=device),
-            "encoder_hidden_states": zeros(shape.encoder_hidden_states, shape.dtype),
-            "encoder_hidden_states_image": zeros(shape.image_embeds, shape.dtype),
-        }
-        self.shapes.warm_up(shape, lambda: self._call_compiled(inputs))
-
-    def __call__(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, **inputs: Any) -> torch.Tensor:
         return self.shapes.run(
             StepShape.of(inputs),
             compiled=lambda: self._call_compiled(inputs),
             eager=lambda: self.transformer(**inputs, return_dict=False)[0],
-            eligible=inputs["hidden_states"].shape[0] >= MIN_COMPILED_ROWS,
+            eligible=rows_of(inputs) >= MIN_COMPILED_ROWS,
         )
 
-    def _call_compiled(self, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        for tensor in inputs.values():
-            if tensor is not None:
-                torch._dynamo.mark_dynamic(tensor, 0)
+    def _call_compiled(self, inputs: dict[str, Any]) -> torch.Tensor:
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor):
+                torch._dynamo.mark_dynamic(value, 0)
         return self._compiled(**inputs, return_dict=False)[0]

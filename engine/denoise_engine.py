@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from engine.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, SchedulerLoad, StepResult
 from engine.parallel.communication_log import CommunicationVolume
 from engine.stage_types import DenoiseTask, Latents
-from engine.stages.denoiser import DenoiseState, WanDenoiser
+from engine.families.family import Denoising
+from engine.stages.denoiser import DenoiseState
 
 
 @dataclass(frozen=True)
@@ -47,28 +48,10 @@ class DroppedEvent:
 EngineEvent = StepEvent | FinishedEvent | DroppedEvent
 
 
-def batch_key(task: DenoiseTask) -> Hashable:
-    """Everything that changes a step's tensor shapes: equal keys can share a forward."""
-    image = task.image
-    return (
-        tuple(task.initial_latents.shape),
-        tuple(task.text.prompt_embeds.shape),
-        None if image is None else tuple(image.condition.shape),
-        None if image is None or image.image_embeds is None else tuple(image.image_embeds.shape),
-    )
-
-
-def step_tokens(task: DenoiseTask, patch_size: tuple[int, int, int]) -> int:
-    """Transformer tokens this request adds to one step's forward (CFG doubles them)."""
-    _, _, frames, height, width = task.initial_latents.shape
-    tokens = (frames // patch_size[0]) * (height // patch_size[1]) * (width // patch_size[2])
-    return tokens * (2 if task.text.negative_prompt_embeds is not None else 1)
-
-
 class Executor(Protocol):
     """Runs the engine's steps: on this process, or on a gang of ranks (engine/parallel)."""
 
-    denoiser: WanDenoiser
+    denoiser: Denoising
     last_step_communication: CommunicationVolume
 
     def start(self, task: DenoiseTask) -> DenoiseState: ...
@@ -85,7 +68,7 @@ class InProcessExecutor:
 
     last_step_communication = CommunicationVolume({}, {})
 
-    def __init__(self, denoiser: WanDenoiser):
+    def __init__(self, denoiser: Denoising):
         self.denoiser = denoiser
 
     def start(self, task: DenoiseTask) -> DenoiseState:
@@ -113,13 +96,16 @@ class DenoiseEngine:
 
     def add_request(self, task: DenoiseTask, deadline: float | None = None) -> None:
         state = self.executor.start(task)
+        denoiser = self.executor.denoiser
         request = ScheduledRequest(
             request_id=task.request_id,
-            batch_key=batch_key(task),
+            batch_key=denoiser.batch_key(task),
             total_steps=state.total_steps,
-            tokens=step_tokens(task, self.executor.denoiser.spec.geometry.patch_size),
+            tokens=denoiser.step_tokens(task),
             arrival_time=self._clock(),
             deadline=deadline,
+            # Two-expert models: requests share a forward only on the same expert.
+            step_keys=state.experts if denoiser.spec.experts > 1 else None,
         )
         with self._lock:
             self.scheduler.add_request(request)

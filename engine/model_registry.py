@@ -1,23 +1,29 @@
 """Resolve a model name or path to a ModelSpec.
 
 Three kinds of source, all loaded later through diffusers/transformers ``from_pretrained``:
-- built-in offline presets (``tiny``, ``tiny-i2v``, ``bench``), generated on first use;
-- named Wan 2.1 presets, which are Diffusers-format Hugging Face repos (the hub client
-  honours ``HF_HUB_OFFLINE`` and the local cache);
-- any local diffusers-format Wan directory.
+- built-in offline presets (``tiny``, ``tiny-wan22-moe``, ``tiny-ltx``, ...), generated on first use;
+- named presets of the published checkpoints, which are Diffusers-format Hugging Face
+  repos (the hub client honours ``HF_HUB_OFFLINE`` and the local cache);
+- any local diffusers-format directory whose model_index.json names a pipeline class a
+  family in engine/families runs.
 
-Defaults come from the model itself wherever it declares them: the scheduler's
-``flow_shift`` always comes from its ``scheduler_config.json``.
+Geometry, limits and tasks always come from the checkpoint's own configs, through its
+family. A preset only chooses defaults (its published size, steps, guidance and frame
+rate); the scheduler's flow shift always comes from its ``scheduler_config.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE, WAN_DEFAULT_NEGATIVE_PROMPT, builtin_preset_dir
-from engine.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, ModelSpec, Task
+from engine.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE, builtin_preset_dir
+from engine.families import UnsupportedPipelineError, family_for_pipeline
+from engine.families.ltx.traits import LTX_DEFAULT_NEGATIVE_PROMPT
+from engine.families.wan.traits import WAN_DEFAULT_NEGATIVE_PROMPT
+from engine.model_spec import GenerationDefaults, GenerationLimits, ModelSpec, Task
 
 
 class ModelNotFoundError(ValueError):
@@ -27,148 +33,153 @@ class ModelNotFoundError(ValueError):
 @dataclass(frozen=True)
 class HubPreset:
     repo_id: str
-    task: Task
-    defaults: GenerationDefaults
-    limits: GenerationLimits
+    pipeline_class: str  # what its model_index.json names; the family that runs it follows
+    tasks: frozenset[Task]
+    defaults: GenerationDefaults  # the model card's settings (flow_shift is read from the repo)
 
 
-def _wan_defaults(width: int, height: int, flow_shift: float) -> GenerationDefaults:
-    # The settings Wan 2.1's model cards and diffusers' examples use.
-    return GenerationDefaults(
-        width=width,
-        height=height,
-        num_frames=81,
-        num_inference_steps=50,
-        guidance_scale=5.0,
-        fps=16,
-        flow_shift=flow_shift,
-        negative_prompt=WAN_DEFAULT_NEGATIVE_PROMPT,
-    )
+_T2V, _I2V = frozenset({Task.TEXT_TO_VIDEO}), frozenset({Task.IMAGE_TO_VIDEO})
+_BOTH = _T2V | _I2V
 
 
-_WAN_LIMITS = GenerationLimits(min_size=128, max_size=1280, min_frames=1, max_frames=129)
+def _wan(width: int, height: int, frames: int = 81, steps: int = 50, guidance: float = 5.0,
+         guidance_2: float | None = None, fps: int = 16) -> GenerationDefaults:
+    return GenerationDefaults(width=width, height=height, num_frames=frames, num_inference_steps=steps,
+                              guidance_scale=guidance, guidance_scale_2=guidance_2, fps=fps, flow_shift=None,
+                              negative_prompt=WAN_DEFAULT_NEGATIVE_PROMPT)
 
+
+def _ltx(width: int, height: int, steps: int, fps: int, decode_timestep: float = 0.0,
+         decode_noise_scale: float | None = None) -> GenerationDefaults:
+    return GenerationDefaults(width=width, height=height, num_frames=161, num_inference_steps=steps,
+                              guidance_scale=3.0, fps=fps, flow_shift=None, negative_prompt=LTX_DEFAULT_NEGATIVE_PROMPT,
+                              decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale)
+
+
+# The settings of each checkpoint's model card and diffusers' examples.
 HUB_PRESETS: dict[str, HubPreset] = {
-    "wan2.1-t2v-1.3b": HubPreset(
-        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", Task.TEXT_TO_VIDEO, _wan_defaults(832, 480, 3.0), _WAN_LIMITS
-    ),
-    "wan2.1-t2v-14b": HubPreset(
-        "Wan-AI/Wan2.1-T2V-14B-Diffusers", Task.TEXT_TO_VIDEO, _wan_defaults(1280, 720, 5.0), _WAN_LIMITS
-    ),
-    "wan2.1-i2v-14b-480p": HubPreset(
-        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", Task.IMAGE_TO_VIDEO, _wan_defaults(832, 480, 3.0), _WAN_LIMITS
-    ),
-    "wan2.1-i2v-14b-720p": HubPreset(
-        "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", Task.IMAGE_TO_VIDEO, _wan_defaults(1280, 720, 5.0), _WAN_LIMITS
-    ),
+    "wan2.1-t2v-1.3b": HubPreset("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", _T2V, _wan(832, 480)),
+    "wan2.1-t2v-14b": HubPreset("Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline", _T2V, _wan(1280, 720)),
+    "wan2.1-i2v-14b-480p": HubPreset("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "WanImageToVideoPipeline", _I2V,
+                                     _wan(832, 480)),
+    "wan2.1-i2v-14b-720p": HubPreset("Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", "WanImageToVideoPipeline", _I2V,
+                                     _wan(1280, 720)),
+    "wan2.2-t2v-a14b": HubPreset("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "WanPipeline", _T2V,
+                                 _wan(1280, 720, steps=40, guidance=4.0, guidance_2=3.0)),
+    "wan2.2-i2v-a14b": HubPreset("Wan-AI/Wan2.2-I2V-A14B-Diffusers", "WanImageToVideoPipeline", _I2V,
+                                 _wan(1280, 720, steps=40, guidance=3.5, guidance_2=3.5)),
+    "wan2.2-ti2v-5b": HubPreset("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "WanPipeline", _BOTH,
+                                _wan(1280, 704, frames=121, steps=50, guidance=5.0, fps=24)),
+    "ltx-video": HubPreset("Lightricks/LTX-Video", "LTXPipeline", _BOTH, _ltx(704, 480, steps=50, fps=25)),
+    # 0.9.5's VAE is timestep-conditioned: decode at t=0.05 with 2.5 % noise, as its model card does.
+    "ltx-video-0.9.5": HubPreset("Lightricks/LTX-Video-0.9.5", "LTXPipeline", _BOTH,
+                                 _ltx(768, 512, steps=40, fps=24, decode_timestep=0.05, decode_noise_scale=0.025)),
 }
-
-_PIPELINE_TASKS = {"WanPipeline": Task.TEXT_TO_VIDEO, "WanImageToVideoPipeline": Task.IMAGE_TO_VIDEO}
 
 
 def preset_names() -> list[str]:
     return [*BUILTIN_PRESETS, *HUB_PRESETS]
 
 
-def model_task(name_or_path: str) -> Task:
-    """The model's task, without building or downloading anything."""
+def model_tasks(name_or_path: str) -> frozenset[Task]:
+    """The tasks a model runs, without building or downloading weights (configs only)."""
     if name_or_path in BUILTIN_PRESETS:
-        return BUILTIN_PRESETS[name_or_path].architecture.task
+        return BUILTIN_PRESETS[name_or_path].tasks
     if name_or_path in HUB_PRESETS:
-        return HUB_PRESETS[name_or_path].task
-    try:
-        class_name = json.loads((Path(name_or_path).expanduser() / "model_index.json").read_text()).get("_class_name")
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"model {name_or_path!r} is neither a preset nor a diffusers directory: {error}") from None
-    if class_name not in _PIPELINE_TASKS:
-        raise ModelNotFoundError(f"{name_or_path} holds a {class_name!r}; expected one of {sorted(_PIPELINE_TASKS)}")
-    return _PIPELINE_TASKS[class_name]
+        return HUB_PRESETS[name_or_path].tasks
+    model_index = _read_model_index(Path(name_or_path).expanduser())
+    return _family(model_index, name_or_path).tasks_of(model_index)
 
 
 def resolve_model(name_or_path: str, cache_dir: Path) -> ModelSpec:
     """Turn a preset name or a directory into a ModelSpec, building built-ins if needed."""
     if name_or_path in BUILTIN_PRESETS:
-        return _spec_from_directory(builtin_preset_dir(name_or_path, cache_dir), name_or_path)
+        directory = builtin_preset_dir(name_or_path, cache_dir)
+        return _spec(name_or_path, str(directory), _read_model_index(directory), BUILTIN_PRESETS[name_or_path].defaults)
     if name_or_path in HUB_PRESETS:
         return _spec_from_hub_preset(name_or_path, HUB_PRESETS[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return _spec_from_directory(path.resolve(), path.name)
+        directory = path.resolve()
+        metadata = directory / PRESET_METADATA_FILE
+        name, defaults = path.name, None
+        if metadata.is_file():  # a copy of a built-in preset keeps its name and defaults
+            recorded = json.loads(metadata.read_text())
+            name, defaults = recorded["name"], GenerationDefaults(**recorded["defaults"])
+        return _spec(name, str(directory), _read_model_index(directory), defaults)
     raise ModelNotFoundError(
-        f"model {name_or_path!r} is neither a preset ({', '.join(preset_names())}) "
-        "nor a diffusers-format Wan directory"
+        f"model {name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a diffusers-format directory"
     )
 
 
 def _spec_from_hub_preset(name: str, preset: HubPreset) -> ModelSpec:
+    from diffusers import DiffusionPipeline
+
     try:
-        configs = _read_component_configs(preset.repo_id)
+        model_index = dict(DiffusionPipeline.load_config(preset.repo_id))
+        spec = _spec(name, preset.repo_id, {**model_index, "_class_name": preset.pipeline_class}, preset.defaults)
     except OSError as error:  # huggingface_hub raises OSError subclasses when offline or missing
         raise ModelNotFoundError(
             f"model {name!r} ({preset.repo_id}) is not in the local Hugging Face cache and could not be "
             f"downloaded: {error}"
         ) from error
-    defaults = replace(preset.defaults, flow_shift=float(configs["scheduler"].get("flow_shift", 1.0)))
+    return spec
+
+
+def _spec(name: str, source: str, model_index: dict, defaults: GenerationDefaults | None) -> ModelSpec:
+    family = _family(model_index, source)
+    try:
+        traits = family.read_traits(source, model_index)
+    except ValueError as error:
+        raise ModelNotFoundError(f"{source}: {error}") from error
+    if defaults is None:
+        defaults = traits.defaults
+    else:
+        # The checkpoint's scheduler says what its shift is; a preset never overrides it.
+        defaults = replace(defaults, flow_shift=traits.defaults.flow_shift)
+    if traits.boundary_ratio is None and defaults.guidance_scale_2 is not None:
+        defaults = replace(defaults, guidance_scale_2=None)
     return ModelSpec(
         name=name,
-        source=preset.repo_id,
-        task=preset.task,
-        defaults=defaults,
-        limits=preset.limits,
-        geometry=_geometry(configs),
+        source=source,
+        family=family.name,
+        pipeline_class=model_index["_class_name"],
+        tasks=traits.tasks,
+        defaults=fit_defaults(defaults, traits.limits, traits.geometry.temporal_factor),
+        limits=traits.limits,
+        geometry=traits.geometry,
+        boundary_ratio=traits.boundary_ratio,
+        stage_components=tuple(sorted(traits.stage_components.items())),
     )
 
 
-def _spec_from_directory(directory: Path, fallback_name: str) -> ModelSpec:
+def fit_defaults(defaults: GenerationDefaults, limits: GenerationLimits, frame_step: int) -> GenerationDefaults:
+    """Published defaults moved inside what this checkpoint's architecture runs (never a request's values)."""
+
+    def size(value: int) -> int:
+        if limits.max_size is not None:
+            value = min(value, limits.max_size)
+        return max(limits.size_multiple, value - value % limits.size_multiple)
+
+    frames = defaults.num_frames
+    if limits.max_frames is not None:
+        frames = min(frames, limits.max_frames)
+    frames -= (frames - 1) % frame_step
+    return dataclasses.replace(defaults, width=size(defaults.width), height=size(defaults.height), num_frames=frames)
+
+
+def _read_model_index(directory: Path) -> dict:
     try:
-        configs = _read_component_configs(str(directory))
-        model_index = json.loads((directory / "model_index.json").read_text())
-    except OSError as error:
-        raise ModelNotFoundError(f"{directory} is not a diffusers-format Wan directory: {error}") from error
-    task = _PIPELINE_TASKS.get(model_index.get("_class_name"))
-    if task is None:
-        raise ModelNotFoundError(
-            f"{directory} holds a {model_index.get('_class_name')!r}; expected one of {sorted(_PIPELINE_TASKS)}"
-        )
-    flow_shift = float(configs["scheduler"].get("flow_shift", 1.0))
-    metadata_path = directory / PRESET_METADATA_FILE
-    if metadata_path.is_file():
-        metadata = json.loads(metadata_path.read_text())
-        name = metadata["name"]
-        defaults = GenerationDefaults(**{**metadata["defaults"], "flow_shift": flow_shift})
-        limits = GenerationLimits(**metadata["limits"])
-    else:
-        # A plain Wan checkpoint: Wan's published settings, at 720p when its scheduler is
-        # configured for 720p (flow_shift 5), else 480p.
-        name = fallback_name
-        width, height = (1280, 720) if flow_shift >= 5.0 else (832, 480)
-        defaults = _wan_defaults(width, height, flow_shift)
-        limits = _WAN_LIMITS
-    return ModelSpec(
-        name=name, source=str(directory), task=task, defaults=defaults, limits=limits, geometry=_geometry(configs)
-    )
+        return json.loads((Path(directory) / "model_index.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"{directory} is not a diffusers-format model directory: {error}") from None
 
 
-def _read_component_configs(source: str) -> dict[str, dict]:
-    """Read only the small config files (through the hub client for repo ids)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-
-    return {
-        "vae": AutoencoderKLWan.load_config(source, subfolder="vae"),
-        "transformer": WanTransformer3DModel.load_config(source, subfolder="transformer"),
-        "scheduler": UniPCMultistepScheduler.load_config(source, subfolder="scheduler"),
-    }
-
-
-def _geometry(configs: dict[str, dict]) -> LatentGeometry:
-    vae = configs["vae"]
-    temporal_downsample = vae.get("temperal_downsample", [False, True, True])
-    return LatentGeometry(
-        latent_channels=int(vae.get("z_dim", 16)),
-        temporal_factor=int(vae.get("scale_factor_temporal") or 2 ** sum(temporal_downsample)),
-        spatial_factor=int(vae.get("scale_factor_spatial") or 2 ** len(temporal_downsample)),
-        patch_size=tuple(configs["transformer"].get("patch_size", (1, 2, 2))),
-    )
+def _family(model_index: dict, source: str):
+    try:
+        return family_for_pipeline(model_index.get("_class_name"), source)
+    except UnsupportedPipelineError as error:
+        raise ModelNotFoundError(str(error)) from None
 
 
 def local_model_directory(spec: ModelSpec, *components: str) -> str:
@@ -182,9 +193,8 @@ def local_model_directory(spec: ModelSpec, *components: str) -> str:
         return spec.source
     from huggingface_hub import snapshot_download
 
+    patterns = ["model_index.json", *(f"{component}/*" for component in components if component != "model_index.json")]
     try:
-        return snapshot_download(
-            spec.source, allow_patterns=["model_index.json", *(f"{component}/*" for component in components)]
-        )
+        return snapshot_download(spec.source, allow_patterns=patterns)
     except OSError as error:
         raise ModelNotFoundError(f"{spec.source} ({', '.join(components)}) is not available locally: {error}") from error

@@ -57,6 +57,7 @@ class GenerationParams(BaseModel):
     num_frames: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
     flow_shift: float | None = None
     seed: int | None = None
     fps: int | None = None
@@ -85,23 +86,28 @@ class GenerationParams(BaseModel):
         limits = _spec(info).limits
         if value is None:
             return value
-        if not limits.min_size <= value <= limits.max_size or value % limits.size_multiple:
+        too_big = limits.max_size is not None and value > limits.max_size
+        if value < limits.min_size or too_big or value % limits.size_multiple:
+            upper = f" and at most {limits.max_size}" if limits.max_size is not None else ""
             raise ValueError(
-                f"must be a multiple of {limits.size_multiple} between {limits.min_size} and "
-                f"{limits.max_size} (got {value})"
+                f"must be a multiple of {limits.size_multiple} ({limits.size_rule}), at least {limits.min_size}"
+                f"{upper} (got {value})"
             )
         return value
 
     @field_validator("num_frames")
     @classmethod
     def _num_frames(cls, value: int | None, info: ValidationInfo) -> int | None:
-        spec = _spec(info)
-        step = spec.geometry.temporal_factor
+        limits = _spec(info).limits
+        step = limits.frame_step
         if value is None:
             return value
-        if not spec.limits.min_frames <= value <= spec.limits.max_frames or (value - 1) % step:
+        too_many = limits.max_frames is not None and value > limits.max_frames
+        if value < 1 or too_many or (value - 1) % step:
+            upper = f" up to {limits.max_frames}" if limits.max_frames is not None else ""
             raise ValueError(
-                f"must be {step}k+1 between {spec.limits.min_frames} and {spec.limits.max_frames} (got {value})"
+                f"must be {step}k+1 (the VAE compresses time {step}x): 1, {step + 1}, {2 * step + 1}, ...{upper} "
+                f"(got {value})"
             )
         return value
 
@@ -113,17 +119,24 @@ class GenerationParams(BaseModel):
             raise ValueError(f"must be between 1 and {limit} (got {value})")
         return value
 
-    @field_validator("guidance_scale")
+    @field_validator("guidance_scale", "guidance_scale_2")
     @classmethod
     def _guidance(cls, value: float | None, info: ValidationInfo) -> float | None:
-        limit = _spec(info).limits.max_guidance_scale
+        spec = _spec(info)
+        limit = spec.limits.max_guidance_scale
+        if value is not None and info.field_name == "guidance_scale_2" and spec.experts == 1:
+            raise ValueError(f"is not accepted: {spec.name} has one expert (guidance_scale_2 is the low-noise "
+                             "expert's guidance on two-expert models such as Wan 2.2 A14B)")
         if value is not None and not 0.0 <= value <= limit:
             raise ValueError(f"must be between 0 and {limit} (got {value})")
         return value
 
     @field_validator("flow_shift")
     @classmethod
-    def _flow_shift(cls, value: float | None) -> float | None:
+    def _flow_shift(cls, value: float | None, info: ValidationInfo) -> float | None:
+        spec = _spec(info)
+        if value is not None and spec.defaults.flow_shift is None:
+            raise ValueError(f"is not accepted: {spec.name}'s scheduler derives its shift from the video's size")
         if value is not None and not 0.0 < value <= MAX_FLOW_SHIFT:
             raise ValueError(f"must be greater than 0 and at most {MAX_FLOW_SHIFT} (got {value})")
         return value
@@ -152,7 +165,7 @@ class GenerationParams(BaseModel):
     @model_validator(mode="after")
     def _image_matches_task(self, info: ValidationInfo) -> GenerationParams:
         spec = _spec(info)
-        if spec.is_image_to_video and self.image is None:
+        if spec.needs_image and self.image is None:
             raise _field_error("image", f"is required: {spec.name} is an image-to-video model")
         if not spec.is_image_to_video and self.image is not None:
             raise _field_error("image", f"is not accepted: {spec.name} is a text-to-video model")
@@ -187,17 +200,24 @@ def validate_generation(raw: dict[str, Any], spec: ModelSpec, request_id: str | 
     except ValidationError as error:
         raise RequestValidationError([_field_error_from_pydantic(item) for item in error.errors()]) from None
     defaults = spec.defaults
+    guidance_scale = _pick(params.guidance_scale, defaults.guidance_scale)
+    guidance_scale_2 = None
+    if spec.experts == 2:
+        # As diffusers: the low-noise expert takes guidance_scale unless told otherwise (here,
+        # the model's own default for it comes first).
+        guidance_scale_2 = _pick(params.guidance_scale_2, _pick(defaults.guidance_scale_2, guidance_scale))
     return GenerationRequest(
         request_id=request_id or uuid.uuid4().hex,
         model=spec.name,
-        task=spec.task,
+        task=spec.task_for(params.image is not None),
         prompt=params.prompt,
         negative_prompt=defaults.negative_prompt if params.negative_prompt is None else params.negative_prompt,
         width=_pick(params.width, defaults.width),
         height=_pick(params.height, defaults.height),
         num_frames=_pick(params.num_frames, defaults.num_frames),
         num_inference_steps=_pick(params.num_inference_steps, defaults.num_inference_steps),
-        guidance_scale=_pick(params.guidance_scale, defaults.guidance_scale),
+        guidance_scale=guidance_scale,
+        guidance_scale_2=guidance_scale_2,
         flow_shift=_pick(params.flow_shift, defaults.flow_shift),
         # A request without a seed gets a random one, recorded so the video can be reproduced.
         seed=secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed,

@@ -1,6 +1,6 @@
 """The whole request in one process, built from the same stage classes the cluster runs.
 
-request -> TextEmbeddings -> (ImageConditioning) -> initial latents -> DenoiseTask ->
+request -> TextEmbeddings -> (ImageConditioning) -> DenoiseTask (seeded initial latents) ->
 one step per call -> Latents -> Frames -> MP4 / .npy
 """
 
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from engine.initial_noise import initial_latents
-from engine.model_spec import ModelSpec
+from engine.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, Frames, GenerationRequest, VideoArtifact
-from engine.stages.denoiser import StepCallback, WanDenoiser
-from engine.stages.image_conditioner import ImageConditioner
+from engine.stages.denoiser import StepCallback, load_denoiser
+from engine.stages.image_conditioner import load_image_conditioner
 from engine.stages.text_encoder import TextEncoder
-from engine.stages.vae_decoder import VaeDecoder
+from engine.stages.vae_decoder import load_vae_decoder
 from engine.video_io import write_mp4, write_npy
 
 
@@ -24,9 +24,9 @@ from engine.video_io import write_mp4, write_npy
 class StagedPipeline:
     spec: ModelSpec
     text_encoder: TextEncoder
-    image_conditioner: ImageConditioner | None
-    denoiser: WanDenoiser
-    vae_decoder: VaeDecoder
+    image_conditioner: Any | None
+    denoiser: Any
+    vae_decoder: Any
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "cpu") -> StagedPipeline:
@@ -36,25 +36,18 @@ class StagedPipeline:
         return cls(
             spec=spec,
             text_encoder=TextEncoder(spec, placement("text_encoder")),
-            image_conditioner=ImageConditioner(spec, placement("image_encoder")) if spec.is_image_to_video else None,
-            denoiser=WanDenoiser(spec, placement("transformer")),
-            vae_decoder=VaeDecoder(spec, placement("vae")),
+            image_conditioner=load_image_conditioner(spec, placement("image_encoder")) if spec.is_image_to_video
+            else None,
+            denoiser=load_denoiser(spec, placement("transformer")),
+            vae_decoder=load_vae_decoder(spec, placement("vae")),
         )
 
     def denoise_task(self, request: GenerationRequest) -> DenoiseTask:
-        """Every stage before the denoiser: text, image conditioning, seeded noise."""
+        """Every stage before the denoiser: text, image conditioning, seeded initial latents."""
         image = None
-        if self.spec.is_image_to_video:
+        if request.task is Task.IMAGE_TO_VIDEO:
             image = self.image_conditioner.condition(request)
-        return DenoiseTask(
-            request_id=request.request_id,
-            initial_latents=initial_latents(request, self.spec.geometry),
-            text=self.text_encoder.encode(request),
-            image=image,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            flow_shift=request.flow_shift,
-        )
+        return self.denoiser.prepare(request, self.text_encoder.encode(request), image)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Frames:
         latents = self.denoiser.denoise(self.denoise_task(request), on_step)

@@ -1,9 +1,11 @@
 """Builds the Ray Serve application from one validated AppConfig.
 
 ``build_app`` is the ``import_path`` of the Serve config file (deploy/videoserve.yaml).
-Per-deployment options here are defaults; the config file's ``deployments`` list
+Per-deployment options here are defaults (the code's, then ``stage_options`` per kind of
+stage, then a model's ``denoiser_options``); the config file's ``deployments`` list
 overrides them by name, in Ray Serve's own format, which is what ``serve run`` /
-``serve deploy`` / KubeRay apply.
+``serve deploy`` / KubeRay apply. serve/model_stages.py decides which model stages exist
+and what they are called.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from engine.model_registry import model_task, resolve_model
-from engine.model_spec import Task
-from engine.parallel.parallel_dit import check_parallel_degree
+from engine.model_spec import ModelSpec
+from engine.parallel.parallel_dit import check_family_supports, check_parallel_degree
 from serve.app_config import AppConfig
-from serve.denoiser_autoscaling import POLICY_IMPORT_PATH as DENOISER_POLICY
-from serve.denoiser_placement import with_denoiser_placement
+from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS, merge_options
 from serve.deployments.denoiser import DenoiserDeployment
 from serve.deployments.image_conditioner import ImageConditionerDeployment
 from serve.deployments.ingress import VideoAPIDeployment
@@ -29,83 +29,77 @@ from serve.deployments.post_processor import PostProcessorDeployment
 from serve.deployments.prompt_expander import PromptExpanderDeployment
 from serve.deployments.text_encoder import TextEncoderDeployment
 from serve.deployments.vae_decoder import VaeDecoderDeployment
+from serve.denoiser_placement import with_denoiser_placement
+from serve.model_stages import StagePlan, app_stage_plan, served_spec
 
-APP_NAME = "videoserve"
-
-
-def _autoscaled(min_replicas: int, max_replicas: int, target: float) -> dict[str, Any]:
-    return {"min_replicas": min_replicas, "max_replicas": max_replicas, "target_ongoing_requests": target}
-
-
-# Sized for one small machine (fractional CPUs so every stage fits on 2 cores); GPU
-# deployments override ray_actor_options in their config file.
-DEFAULT_DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
-    "VideoAPI": {"num_replicas": 1, "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 0.1}},
-    "PromptExpander": {"max_ongoing_requests": 32, "ray_actor_options": {"num_cpus": 0.25},
-                       "autoscaling_config": _autoscaled(1, 2, 8)},
-    "TextEncoder": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.25},
-                    "autoscaling_config": _autoscaled(1, 2, 4)},
-    "ImageConditioner": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.25},
-                         "autoscaling_config": _autoscaled(1, 2, 4)},
-    # Requests queue inside the batching engine (max_ongoing_requests is its intake), and
-    # replicas scale on the engine's backlog, not on Serve's request count.
-    "Denoiser": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
-                 "autoscaling_config": {**_autoscaled(1, 2, 16),
-                                        "policy": {"policy_function": DENOISER_POLICY,
-                                                   "policy_kwargs": {"target_backlog_steps": 40}}}},
-    "VaeDecoder": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},
-                   "autoscaling_config": _autoscaled(1, 2, 2)},
-    "PostProcessor": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},
-                      "autoscaling_config": _autoscaled(1, 2, 2)},
+_STAGE_CLASSES = {
+    "TextEncoder": TextEncoderDeployment,
+    "ImageConditioner": ImageConditionerDeployment,
+    "Denoiser": DenoiserDeployment,
+    "VaeDecoder": VaeDecoderDeployment,
 }
 
 
-def deployment_names(config: AppConfig) -> list[str]:
-    """The deployments this config's application has (image conditioning only for I2V models)."""
-    names = ["VideoAPI", "TextEncoder", "Denoiser", "VaeDecoder", "PostProcessor"]
-    if model_task(config.model) is Task.IMAGE_TO_VIDEO:
-        names.append("ImageConditioner")
+def deployment_names(config: AppConfig, plan: StagePlan | None = None) -> list[str]:
+    """The deployments this config's application has."""
+    plan = plan or app_stage_plan(config)
+    names = ["VideoAPI", *plan.names(), "PostProcessor"]
     if config.prompt_expander.model is not None:
         names.append("PromptExpander")
     return names
 
 
-def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+def deployment_options(config: AppConfig, plan: StagePlan | None = None) -> dict[str, dict[str, Any]]:
     """Each deployment's default Serve options for this config (Denoiser bundles follow its parallel degree)."""
-    options = {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in deployment_names(config)}
-    options["Denoiser"] = with_denoiser_placement(config.parallel.degree, options["Denoiser"])
+    plan = plan or app_stage_plan(config)
+    kinds = {deployment.name: deployment for deployment in plan.deployments}
+    options = {}
+    for name in deployment_names(config, plan):
+        kind = kinds[name].kind if name in kinds else name
+        merged = merge_options(copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[kind]), config.stage_options.get(kind, {}))
+        if kind == "Denoiser":
+            merged = merge_options(merged, config.model_entry(kinds[name].model).denoiser_options)
+            merged = with_denoiser_placement(config.parallel.degree, merged)
+        options[name] = merged
     return options
 
 
-def _check_parallel_degree(model_source: str, config: AppConfig) -> None:
+def _check_parallel(spec: ModelSpec, config: AppConfig) -> None:
     """A degree the DiT cannot split fails the deploy here, not in every rank at start-up.
 
-    Only where the checkpoint is a local directory: a hub model's config is checked by the
-    ranks themselves, which fetch it anyway.
+    The heads are checked only where the checkpoint is a local directory: a hub model's
+    config is checked by the ranks themselves, which fetch it anyway.
     """
-    transformer_config = Path(model_source) / "transformer" / "config.json"
-    if config.parallel.degree > 1 and transformer_config.is_file():
+    if config.parallel.degree == 1:
+        return
+    check_family_supports(spec, config.parallel.mode)
+    transformer_config = Path(spec.source) / "transformer" / "config.json"
+    if transformer_config.is_file():
         check_parallel_degree(json.loads(transformer_config.read_text()), config.parallel.mode, config.parallel.degree)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args or {})
     # Built-in presets are generated here once, not raced by every replica starting up.
-    spec = resolve_model(config.model, config.resolved_cache_dir())
-    _check_parallel_degree(spec.source, config)
+    for model in config.model_names():
+        _check_parallel(served_spec(config, model), config)
+    plan = app_stage_plan(config)
     bound_config = config.model_dump(mode="json")
-    options = deployment_options(config)
+    options = deployment_options(config, plan)
 
-    def bind(name: str, cls, *handles):
-        return serve.deployment(cls, name=name, **options[name]).bind(bound_config, *handles)
+    stages = {
+        deployment.name: serve.deployment(_STAGE_CLASSES[deployment.kind], name=deployment.name,
+                                          **options[deployment.name]).bind(bound_config, deployment.model)
+        for deployment in plan.deployments
+    }
+    # model -> {stage kind: handle}: the ingress routes each job to its model's stages.
+    routes = {model: {kind: stages[name] for kind, name in kinds.items()} for model, kinds in plan.routes.items()}
+    post_processor = serve.deployment(PostProcessorDeployment, name="PostProcessor",
+                                      **options["PostProcessor"]).bind(bound_config)
+    prompt_expander = None
+    if config.prompt_expander.model is not None:
+        prompt_expander = serve.deployment(PromptExpanderDeployment, name="PromptExpander",
+                                           **options["PromptExpander"]).bind(bound_config)
+    return serve.deployment(VideoAPIDeployment, name="VideoAPI", **options["VideoAPI"]).bind(
+        bound_config, routes, post_processor, prompt_expander)
 
-    text_encoder = bind("TextEncoder", TextEncoderDeployment)
-    denoiser = bind("Denoiser", DenoiserDeployment)
-    vae_decoder = bind("VaeDecoder", VaeDecoderDeployment)
-    post_processor = bind("PostProcessor", PostProcessorDeployment)
-    image_conditioner = bind("ImageConditioner", ImageConditionerDeployment) if spec.is_image_to_video else None
-    prompt_expander = (
-        bind("PromptExpander", PromptExpanderDeployment) if config.prompt_expander.model is not None else None
-    )
-    return bind("VideoAPI", VideoAPIDeployment, text_encoder, denoiser, vae_decoder, post_processor,
-                image_conditioner, prompt_expander)

@@ -8,9 +8,11 @@ that file's ``deployments`` list, in Ray Serve's own format.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 # Secrets never sit in this config (it is rendered into serveConfigV2, which anyone who can
@@ -140,8 +142,45 @@ class ParallelConfig(_Strict):
         return "sequence" if self.sequence > 1 else None
 
 
+# The kinds of Serve deployment the builder makes (serve/model_stages.py names each one).
+StageKind = Literal["VideoAPI", "PromptExpander", "TextEncoder", "ImageConditioner", "Denoiser", "VaeDecoder",
+                    "PostProcessor"]
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ModelConfig(_Strict):
+    """One model the app serves; a request picks it with its ``model`` field."""
+
+    source: str = Field(description="A preset name (videoserve models lists them), a Hugging Face repo id of a "
+                                    "named preset, or a diffusers-format directory.")
+    name: str | None = Field(None, pattern=_MODEL_NAME,
+                             description="The id clients send as `model`; default: the preset's name or the "
+                                         "directory's name.")
+    denoiser_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray Serve options for this model's Denoiser (autoscaling_config, ray_actor_options, ...), "
+                    "merged over stage_options.Denoiser: each model's Denoiser scales on its own.",
+    )
+
+    def served_name(self) -> str:
+        """The model's id: its name, else what the registry calls the source (computed without loading it)."""
+        if self.name is not None:
+            return self.name
+        from engine.model_registry import preset_names
+
+        if self.source in preset_names():
+            return self.source
+        return Path(self.source).expanduser().name
+
+
 class AppConfig(_Strict):
-    model: str = Field("tiny", description="Preset name or diffusers-format Wan directory.")
+    # A plain string is read as {source: ...} (the schema says so, for Helm's lint too).
+    models: list[ModelConfig | str] = Field(
+        default_factory=lambda: [ModelConfig(source="tiny")],
+        min_length=1,
+        description="The models this app serves (the first is the default for requests that name none); a plain "
+                    "string is a source. Stages whose weights are byte-identical across models are deployed once.",
+    )
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
     torch_threads: int | None = Field(
@@ -157,6 +196,38 @@ class AppConfig(_Strict):
     webhooks: WebhookConfig = WebhookConfig()
     prompt_expander: PromptExpanderConfig = PromptExpanderConfig()
     post_processing: PostProcessingConfig = PostProcessingConfig()
+    stage_options: dict[StageKind, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Ray Serve options per kind of stage, merged over the code's defaults for every deployment of "
+                    "that kind (the Helm chart sets these for multi-model apps). Options given here are app args: "
+                    "changing them redeploys the app; a per-name entry in the Serve config's deployments list is "
+                    "the lightweight way to change one deployment.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _sources_as_models(cls, value: list[ModelConfig | str]) -> list[ModelConfig]:
+        return [ModelConfig(source=item) if isinstance(item, str) else item for item in value]
+
+    @model_validator(mode="after")
+    def _distinct_model_names(self) -> AppConfig:
+        names = [model.served_name() for model in self.models]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"models: {', '.join(repeated)} named more than once; give each a distinct name")
+        invalid = [name for name in names if not re.match(_MODEL_NAME, name)]
+        if invalid:
+            raise ValueError(f"models: {invalid} cannot be a model id (letters, digits, '.', '_', '-'); set name")
+        return self
+
+    def model_names(self) -> list[str]:
+        return [model.served_name() for model in self.models]
+
+    def model_entry(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.served_name() == name:
+                return model
+        raise KeyError(f"no model {name!r} in this app (models: {', '.join(self.model_names())})")
 
     @model_validator(mode="after")
     def _compile_on_one_rank(self) -> AppConfig:

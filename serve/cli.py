@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +13,8 @@ from rich.console import Console
 
 from deploy.cli import deploy_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve and run Wan text/image-to-video models.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Serve and run text/image-to-video models (Wan 2.1, Wan 2.2, LTX-Video).")
 stderr = Console(stderr=True)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "videoserve"
@@ -45,7 +48,7 @@ def quiet_library_output() -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option(help="What the video shows.")],
-    model: Annotated[str, typer.Option(help="Preset name or a diffusers-format Wan directory.")] = "tiny",
+    model: Annotated[str, typer.Option(help="Preset name (videoserve models) or a diffusers-format directory.")] = "tiny",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write: .mp4 or .npy (lossless uint8).")] = Path(
         "outputs/video.mp4"
     ),
@@ -54,8 +57,10 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Random when left out (and printed).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale; <= 1 turns it off.")] = None,
-    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Number of frames, 4k+1.")] = None,
+    guidance_2: Annotated[float | None, typer.Option(
+        "--guidance-2", help="Two-expert models (Wan 2.2 A14B): the low-noise expert's guidance scale.")] = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT; the model says which multiple (16 for Wan 2.1).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Number of frames, k x the VAE's time compression + 1.")] = None,
     fps: Annotated[int | None, typer.Option(help="Frames per second of the MP4.")] = None,
     shift: Annotated[float | None, typer.Option(help="Scheduler flow shift.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")] = None,
@@ -73,7 +78,8 @@ def generate(
         raise typer.BadParameter(f"must end in .mp4 or .npy (got {output.name})", param_hint="--output")
     if server is not None:
         fields = {"prompt": prompt, "model": None if model == "tiny" else model, "negative_prompt": negative_prompt,
-                  "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance, "size": size,
+                  "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance,
+                  "guidance_scale_2": guidance_2, "size": size,
                   "num_frames": frames, "fps": fps, "flow_shift": shift}
         _generate_on_server(server, {key: value for key, value in fields.items() if value is not None}, image, output)
         return
@@ -87,6 +93,7 @@ def generate(
         "num_frames": frames,
         "num_inference_steps": steps,
         "guidance_scale": guidance,
+        "guidance_scale_2": guidance_2,
         "flow_shift": shift,
         "seed": seed,
         "fps": fps,
@@ -142,7 +149,9 @@ def _generate_on_server(server: str, fields: dict, image: Path | None, output: P
 
 @app.command()
 def up(
-    model: Annotated[str | None, typer.Option(help="Preset name or diffusers-format Wan directory.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="Preset name or diffusers-format directory; repeat to serve several models in one app (the first is "
+             "the default).")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP host (default 127.0.0.1, or the config's).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000, or the config's).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Job database and artifacts.")] = None,
@@ -168,8 +177,8 @@ def up(
     from serve.cluster_launcher import DeployFailed, default_serve_config, deploy, load_serve_config, with_overrides
 
     args: dict = {}
-    if model is not None:
-        args["model"] = model
+    if model:
+        args["models"] = list(model)
     if state_dir is not None:
         args["storage"] = {"state_dir": str(state_dir)}
     if tensor_parallel is not None or sequence_parallel is not None:
@@ -220,9 +229,10 @@ app.add_typer(deploy_app, name="deploy")
 
 @config_app.command("render")
 def render_config(
-    model: Annotated[str | None, typer.Option(help="Preset name or directory.")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Preset name or directory; repeat for several.")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Print the default Serve config (every deployment's options), ready to edit."""
     import yaml
@@ -230,8 +240,15 @@ def render_config(
     from serve.app_config import AppConfig
     from serve.cluster_launcher import default_serve_config
 
-    app_config = AppConfig() if model is None else AppConfig(model=model)
-    typer.echo(CONFIG_HEADER + yaml.safe_dump(default_serve_config(app_config, host, port), sort_keys=False), nl=False)
+    args: dict = {"models": list(model)} if model else {}
+    if cache_dir != DEFAULT_CACHE_DIR:  # several models' shared stages are found from the built presets' files
+        args["cache_dir"] = str(cache_dir)
+    app_config = AppConfig.model_validate(args)
+    # Reading several models' files imports diffusers, and with it DeepSpeed, whose logger
+    # writes to stdout: keep the YAML on stdout alone (`videoserve config render > file`).
+    with contextlib.redirect_stdout(sys.stderr):
+        serve_config = default_serve_config(app_config, host, port)
+    typer.echo(CONFIG_HEADER + yaml.safe_dump(serve_config, sort_keys=False), nl=False)
 
 
 CONFIG_HEADER = """\
@@ -245,14 +262,19 @@ CONFIG_HEADER = """\
 
 @app.command()
 def models() -> None:
-    """List the model presets."""
+    """List the model presets: built-in (random weights, offline) and the published checkpoints."""
     from engine.builtin_presets import BUILTIN_PRESETS
+    from engine.families import family_for_pipeline
     from engine.model_registry import HUB_PRESETS
 
+    def tasks(values) -> str:
+        return "+".join(sorted(task.value for task in values))
+
     for name, preset in BUILTIN_PRESETS.items():
-        typer.echo(f"{name:22} built-in  {preset.description}")
+        typer.echo(f"{name:20} built-in  {preset.family:4} {tasks(preset.tasks):8} {preset.description}")
     for name, hub_preset in HUB_PRESETS.items():
-        typer.echo(f"{name:22} hub       {hub_preset.repo_id}")
+        family = family_for_pipeline(hub_preset.pipeline_class, name).name
+        typer.echo(f"{name:20} hub       {family:4} {tasks(hub_preset.tasks):8} {hub_preset.repo_id}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from serve.app_builder import APP_NAME, deployment_options
+from serve.deployment_defaults import APP_NAME, merge_options
 from serve.app_config import AppConfig
 from serve.denoiser_placement import with_denoiser_placement
 
@@ -31,6 +31,8 @@ class DeployFailed(RuntimeError):
 
 def default_serve_config(app_config: AppConfig | None = None, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
     """A complete Serve config: the app's args plus every deployment's default options."""
+    from serve.app_builder import deployment_options
+
     app_config = app_config or AppConfig()
     return {
         "proxy_location": "EveryNode",
@@ -69,7 +71,7 @@ def with_overrides(config: dict[str, Any], *, args: dict[str, Any] | None = None
         config.setdefault("http_options", {})["port"] = port
     if args:
         application = _application(config)
-        application["args"] = _deep_merge(application.get("args") or {}, args)
+        application["args"] = merge_options(application.get("args") or {}, args)
         _place_denoiser(application)
     return config
 
@@ -124,9 +126,3 @@ def _application(config: dict[str, Any]) -> dict[str, Any]:
             return application
     raise ValueError(f"the config has no application with import_path {IMPORT_PATH}")
 
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Part of every key: a cache outlives deployments, so a change to how a value is computed
 # must change the keys (see the module docstring).
-KEY_SCHEMA = "videoserve-conditioning/1"
+KEY_SCHEMA = "videoserve-conditioning/2"
 
 # Ray's switch (read once per process) that makes ray.put hand torch tensors out zero-copy.
 _ZERO_COPY_TORCH_ENV = "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"

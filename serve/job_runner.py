@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from engine.model_spec import ModelSpec
+from engine.model_spec import ModelSpec, Task
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessResult
 from engine.stage_types import GenerationRequest
 from serve.app_config import AppConfig
@@ -54,29 +54,36 @@ class StageHandles:
     prompt_expander: Any | None = None
 
 
+@dataclass
+class ModelRoute:
+    """One served model: its spec and the stage deployments its jobs run through."""
+
+    spec: ModelSpec
+    handles: StageHandles
+
+
 def engine_request(job: JobRecord, spec: ModelSpec, image: bytes | None) -> GenerationRequest:
     """The validated request stored with the job, back as the engine's boundary type."""
     fields = job.params["engine"]
-    return GenerationRequest(request_id=job.id, model=spec.name, task=spec.task, image=image, **fields)
+    return GenerationRequest(request_id=job.id, model=spec.name, task=spec.task_for(image is not None), image=image,
+                             **fields)
 
 
 class JobRunner:
     def __init__(
         self,
         config: AppConfig,
-        spec: ModelSpec,
+        routes: dict[str, ModelRoute],
         store: JobStore,
         artifacts: ArtifactStore,
-        handles: StageHandles,
         metrics: VideoServeMetrics,
         webhooks: WebhookSender | None,
         updates: JobUpdates | None = None,
     ):
         self.config = config
-        self.spec = spec
+        self.routes = routes
         self.store = store
         self.artifacts = artifacts
-        self.handles = handles
         self.metrics = metrics
         self.webhooks = webhooks
         # Every record this runner writes is pushed here: to event streams, and to its own claim loop.
@@ -172,10 +179,13 @@ class JobRunner:
     async def _execute(self, job: JobRecord) -> None:
         if job.cancel_requested:
             raise asyncio.CancelledError()
+        route = self.routes.get(job.model)
+        if route is None:  # a job of a model this app no longer serves (the config changed under it)
+            raise RuntimeError(f"model {job.model!r} is not served by this app (models: {', '.join(self.routes)})")
         image = Path(job.input_image_path).read_bytes() if job.input_image_path else None
-        request = engine_request(job, self.spec, image)
+        request = engine_request(job, route.spec, image)
         options = job.params.get("options", {})
-        handles = self.handles
+        handles = route.handles
 
         if options.get("expand_prompt"):
             await self._progress(job.id, "prompt_expander")
@@ -186,13 +196,13 @@ class JobRunner:
         await self._progress(job.id, "text_encoder")
         text = await self._stage_ref("text_encoder", handles.text_encoder.encode.remote(request))
         image_conditioning = None
-        if self.spec.is_image_to_video:
+        if request.task is Task.IMAGE_TO_VIDEO:
             await self._progress(job.id, "image_conditioner")
             image_conditioning = await self._stage_ref(
                 "image_conditioner", handles.image_conditioner.condition.remote(request)
             )
 
-        latents = await self._denoise(job.id, request, text, image_conditioning)
+        latents = await self._denoise(handles.denoiser, job.id, request, text, image_conditioning)
 
         await self._progress(job.id, "vae_decoder")
         frames = await self._stage_ref("vae_decoder", handles.vae_decoder.decode.remote(latents, request.fps))
@@ -206,11 +216,11 @@ class JobRunner:
         )
         await self._complete(job, request, result)
 
-    async def _denoise(self, job_id: str, request: GenerationRequest, text, image_conditioning):
+    async def _denoise(self, denoiser, job_id: str, request: GenerationRequest, text, image_conditioning):
         low, high = DENOISE_PROGRESS
         started = time.perf_counter()
         self.metrics.stage_in_flight.labels("denoiser").inc()
-        stream = self.handles.denoiser.options(stream=True).denoise.remote(request, text, image_conditioning)
+        stream = denoiser.options(stream=True).denoise.remote(request, text, image_conditioning)
         try:
             async for event in stream:
                 if isinstance(event, DenoiseDone):
@@ -355,7 +365,7 @@ class JobRunner:
             return
         from serve.api.video_object import video_object
 
-        payload = video_object(record, self.spec).model_dump(mode="json")
+        payload = video_object(record).model_dump(mode="json")
         # Delivery retries with backoff in the background; the job is already final.
         asyncio.create_task(self.webhooks.send(record.webhook_url, event_type, payload))
 

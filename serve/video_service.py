@@ -28,12 +28,14 @@ SCRAPE_READ_TIMEOUT_S = 2.0
 
 
 class VideoService:
-    def __init__(self, config: AppConfig, spec: ModelSpec, store: JobStore, artifacts: ArtifactStore,
+    def __init__(self, config: AppConfig, specs: dict[str, ModelSpec], store: JobStore, artifacts: ArtifactStore,
                  metrics: VideoServeMetrics, runner: JobRunner | None, expander_enabled: bool,
                  caches: dict | None = None, stage_replicas: Callable[[], dict[str, int]] | None = None,
                  updates: JobUpdates | None = None):
         self.config = config
-        self.spec = spec
+        # Every model this app serves, in config order: the first serves requests that name none.
+        self.specs = specs
+        self.default_model = next(iter(specs))
         self.store = store
         self.artifacts = artifacts
         self.metrics = metrics
@@ -46,12 +48,18 @@ class VideoService:
         # The runner's channel when there is one, so streams see what the runner writes.
         self.updates = updates or (runner.updates if runner is not None else JobUpdates())
 
+    def model_spec(self, model: str | None) -> ModelSpec:
+        """The spec of a request's ``model`` (the default when it names none)."""
+        spec = self.specs.get(model or self.default_model)
+        if spec is None:
+            raise APIError(404, f"model {model!r} is not served here; this server serves "
+                                f"{', '.join(repr(name) for name in self.specs)}", param="model", code="model_not_found")
+        return spec
+
     async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
-        if fields.model is not None and fields.model != self.spec.name:
-            raise APIError(404, f"model {fields.model!r} is not served here; this server serves {self.spec.name!r}",
-                           param="model", code="model_not_found")
+        spec = self.model_spec(fields.model)
         job_id = f"video_{uuid.uuid4().hex}"
-        request = generation_request(fields, image, self.spec, job_id)
+        request = generation_request(fields, image, spec, job_id)
         options = check_options(fields, request, self.expander_enabled, self.learned_upscale_factor)
         counts = await asyncio.to_thread(self.store.count_by_status)
         if counts.get(JobStatus.QUEUED, 0) >= self.config.jobs.max_queued:
@@ -68,7 +76,7 @@ class VideoService:
             image_path = str(await asyncio.to_thread(self.artifacts.save_input_image, job_id, request.image))
         record = JobRecord(
             id=job_id,
-            model=self.spec.name,
+            model=spec.name,
             created_at=now,
             updated_at=now,
             params={"engine": engine_fields, "options": options},
@@ -92,14 +100,14 @@ class VideoService:
         position = None
         if record.status is JobStatus.QUEUED:
             position = await asyncio.to_thread(self.store.queued_ahead, record.id)
-        return video_object(record, self.spec, position)
+        return video_object(record, position)
 
     async def list(self, after: str | None, limit: int, order: str) -> tuple[list[VideoObject], bool]:
         try:
             records, has_more = await asyncio.to_thread(self.store.list, after=after, limit=limit, order=order)
         except KeyError:
             raise APIError(404, f"no video with id {after!r} to list after", param="after", code="not_found") from None
-        return [video_object(record, self.spec) for record in records], has_more
+        return [video_object(record) for record in records], has_more
 
     async def delete(self, job_id: str) -> None:
         record = await self.get(job_id)

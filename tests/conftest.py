@@ -33,6 +33,44 @@ def tiny_i2v_spec(preset_cache):
     return resolve_model("tiny-i2v", preset_cache)
 
 
+class _PresetSpecs(dict):
+    """name -> ModelSpec of a built-in preset, built on first use."""
+
+    def __init__(self, cache: Path):
+        super().__init__()
+        self.cache = cache
+
+    def __missing__(self, name: str):
+        from engine.model_registry import resolve_model
+
+        self[name] = resolve_model(name, self.cache)
+        return self[name]
+
+
+@pytest.fixture(scope="session")
+def preset_specs(preset_cache) -> _PresetSpecs:
+    return _PresetSpecs(preset_cache)
+
+
+class _Pipelines(dict):
+    """name -> StagedPipeline of a built-in preset (or a ModelSpec's source), loaded once."""
+
+    def __init__(self, specs: _PresetSpecs):
+        super().__init__()
+        self.specs = specs
+
+    def __missing__(self, name: str):
+        from engine.staged_pipeline import StagedPipeline
+
+        self[name] = StagedPipeline.load(self.specs[name])
+        return self[name]
+
+
+@pytest.fixture(scope="session")
+def preset_pipelines(preset_specs) -> _Pipelines:
+    return _Pipelines(preset_specs)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_spec):
     from engine.staged_pipeline import StagedPipeline

@@ -49,6 +49,8 @@ class ModelCase:
     spec: Any  # engine.model_spec.ModelSpec
     config_changes: dict[str, Any] = field(default_factory=dict)
     with_image: bool = False
+    # Wan 2.2 TI2V: one timestep per token, the first latent frame's at 0 (the image-to-video layout).
+    per_token_timesteps: bool = False
 
 
 def run_ranks(world_size: int, cases: list[ModelCase], out_dir: Path) -> None:
@@ -64,20 +66,28 @@ def token_count(config, latent_size: tuple[int, int, int]) -> int:
 def _load_transformer(case: ModelCase):
     from diffusers import WanTransformer3DModel
 
-    from engine.stages.denoiser import WanDenoiser
+    from engine.stages.denoiser import load_denoiser
 
-    transformer = WanDenoiser(case.spec).transformer
+    transformer = load_denoiser(case.spec).transformer
     if case.config_changes:
         torch.manual_seed(0)
         transformer = WanTransformer3DModel.from_config({**transformer.config, **case.config_changes}).eval()
     return transformer
 
 
-def _inputs(config, latent_size: tuple[int, int, int], with_image: bool) -> dict[str, torch.Tensor]:
+def _inputs(config, latent_size: tuple[int, int, int], with_image: bool,
+            per_token_timesteps: bool = False) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(sum(latent_size))
+    timestep = torch.tensor(TIMESTEPS)
+    if per_token_timesteps:
+        _, height, width = latent_size
+        first_frame = (height // config["patch_size"][1]) * (width // config["patch_size"][2])
+        mask = torch.ones(token_count(config, latent_size))
+        mask[:first_frame] = 0
+        timestep = timestep[:, None] * mask  # [rows, tokens], as WanPipeline builds it with expand_timesteps
     inputs = {
         "hidden_states": torch.randn(BATCH_ROWS, config.in_channels, *latent_size, generator=generator),
-        "timestep": torch.tensor(TIMESTEPS),
+        "timestep": timestep,
         "encoder_hidden_states": torch.randn(BATCH_ROWS, TEXT_TOKENS, config.text_dim, generator=generator),
     }
     if with_image:
@@ -90,7 +100,7 @@ def _is_untouched(transformer) -> bool:
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     hooked = (transformer.rope._forward_hooks, transformer.blocks[0]._forward_pre_hooks,
-              transformer.proj_out._forward_hooks)
+              transformer.proj_out._forward_hooks, transformer.condition_embedder._forward_pre_hooks)
     return (all(type(block.attn1.processor) is WanAttnProcessor for block in transformer.blocks)
             and not any(hooked))
 
@@ -100,7 +110,7 @@ def _run_case(rank: int, case: ModelCase) -> dict[str, Any]:
     from engine.parallel.sequence_parallel import split_sequence
 
     transformer = _load_transformer(case)
-    inputs = [_inputs(transformer.config, size, case.with_image) for size in LATENT_SIZES]
+    inputs = [_inputs(transformer.config, size, case.with_image, case.per_token_timesteps) for size in LATENT_SIZES]
     references = None
     if rank == 0:
         with torch.no_grad():

@@ -55,8 +55,8 @@ def serve_port(ray_cluster) -> int:
 
 def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dict, dict[str, Path]]:
     """Two applications: text-to-video at /, image-to-video at /i2v with every stage scaled to 2."""
-    from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS
     from serve.app_config import AppConfig
+    from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
     from serve.cluster_launcher import default_serve_config
 
     state_dirs = {"t2v": state_root / "t2v", "i2v": state_root / "i2v"}
@@ -68,11 +68,11 @@ def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dic
         "webhooks": {"secret": WEBHOOK_SECRET, "initial_backoff_seconds": 0.05},
     }
     t2v = default_serve_config(
-        AppConfig.model_validate({**common, "model": "tiny", "storage": {"state_dir": str(state_dirs["t2v"])}}),
+        AppConfig.model_validate({**common, "models": ["tiny"], "storage": {"state_dir": str(state_dirs["t2v"])}}),
         port=port,
     )
     i2v_config = AppConfig.model_validate(
-        {**common, "model": "tiny-i2v", "storage": {"state_dir": str(state_dirs["i2v"])},
+        {**common, "models": ["tiny-i2v"], "storage": {"state_dir": str(state_dirs["i2v"])},
          "prompt_expander": {"model": "tiny-llm", "max_new_tokens": 8}}
     )
     i2v = default_serve_config(i2v_config, port=port)["applications"][0]

@@ -72,9 +72,9 @@ def _load_transformer(case: ModelCase):
     from diffusers import WanTransformer3DModel
 
     from engine.stage_placement import StagePlacement
-    from engine.stages.denoiser import WanDenoiser
+    from engine.stages.denoiser import load_denoiser
 
-    transformer = WanDenoiser(case.spec, StagePlacement(dtype=case.dtype)).transformer
+    transformer = load_denoiser(case.spec, StagePlacement(dtype=case.dtype)).transformer
     if case.config_changes:
         torch.manual_seed(0)
         transformer = WanTransformer3DModel.from_config({**transformer.config, **case.config_changes}).eval()

@@ -40,7 +40,7 @@ def _app(tmp_path, spec, api_keys: ApiKeys | None):
     store = open_job_store(config.storage.resolved_job_store_url())
     metrics = VideoServeMetrics(lambda: {status.value: count for status, count in store.count_by_status().items()})
     api = create_api(api_keys)
-    api.state.service = VideoService(config, spec, store, ArtifactStore(config.storage.resolved_artifact_dir()),
+    api.state.service = VideoService(config, {spec.name: spec}, store, ArtifactStore(config.storage.resolved_artifact_dir()),
                                      metrics, runner=None, expander_enabled=False)
     return api, store
 
@@ -96,7 +96,7 @@ def test_each_configured_key_is_accepted(served, key):
 
 def test_health_and_metrics_stay_open_and_count_refusals(served):
     client, _ = served
-    assert client.get("/healthz").json() == {"status": "ok", "model": "tiny"}
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["tiny"]}
     client.get("/v1/models")  # refused
     metrics = client.get("/metrics")
     assert metrics.status_code == 200

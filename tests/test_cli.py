@@ -72,6 +72,71 @@ def test_generate_image_to_video(preset_cache, tmp_path):
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
 
 
+# (model, task, size, frames, steps, guidance, guidance_2): every family and task, non-square, below 128.
+EVERY_FAMILY_AND_TASK = [
+    ("tiny", "t2v", "48x32", 9, 4, 5.0, None),
+    ("tiny-i2v", "i2v", "32x48", 5, 3, 4.0, None),
+    ("tiny-wan22-moe", "t2v", "48x32", 9, 6, 4.0, 2.5),
+    ("tiny-wan22-moe-i2v", "i2v", "64x32", 5, 6, 3.5, 2.0),
+    ("tiny-wan22-ti2v", "t2v", "96x64", 9, 4, 5.0, None),
+    ("tiny-wan22-ti2v", "i2v", "64x96", 5, 3, 5.0, None),
+    ("tiny-ltx", "t2v", "96x64", 9, 4, 3.0, None),
+    ("tiny-ltx", "i2v", "64x32", 5, 3, 3.0, None),
+]
+
+
+@pytest.mark.parametrize("model,task,size,frames,steps,guidance,guidance_2", EVERY_FAMILY_AND_TASK)
+def test_generate_lossless_frames_equal_diffusers(preset_specs, tmp_path, model, task, size, frames, steps, guidance,
+                                                  guidance_2):
+    from engine.model_spec import Task
+    from tests.diffusers_reference import diffusers_pipeline, reference
+
+    spec = preset_specs[model]
+    image = tmp_path / "first.png"
+    image.write_bytes(image_bytes(56, 40, seed=3))
+    output = tmp_path / "frames.npy"
+    args = ["generate", "--model", model, "--prompt", "a red car at night", "--negative-prompt", "blurry",
+            "--seed", "21", "--steps", str(steps), "--guidance", str(guidance), "--size", size, "--frames", str(frames),
+            "-o", str(output)]
+    if guidance_2 is not None:
+        args += ["--guidance-2", str(guidance_2)]
+    if task == "i2v":
+        args += ["--image", str(image)]
+    result = CliRunner().invoke(app, args, env={"VIDEOSERVE_CACHE_DIR": str(preset_specs.cache), "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    width, height = (int(side) for side in size.split("x"))
+    raw = {"prompt": "a red car at night", "negative_prompt": "blurry", "seed": 21, "num_inference_steps": steps,
+           "guidance_scale": guidance, "width": width, "height": height, "num_frames": frames}
+    if guidance_2 is not None:
+        raw["guidance_scale_2"] = guidance_2
+    if task == "i2v":
+        raw["image"] = image.read_bytes()
+    request = validate_generation(raw, spec)
+    _, expected = reference(spec, diffusers_pipeline(spec, Task(task)), request)
+    frames_written = np.load(output)
+    assert frames_written.shape == expected.shape == (frames, height, width, 3)
+    assert np.abs(frames_written.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "model,args,message",
+    [
+        ("tiny", ["--guidance-2", "3"], "guidance_scale_2: is not accepted: tiny has one expert"),
+        ("tiny-wan22-ti2v", ["--size", "48x32"], "width: must be a multiple of 32"),
+        ("tiny-ltx", ["--frames", "7"], "num_frames: must be 4k+1"),
+        ("tiny-ltx", ["--shift", "3"], "flow_shift: is not accepted"),
+        ("tiny-wan22-moe-i2v", [], "image: is required"),
+    ],
+)
+def test_model_specific_bad_input_exits_2_naming_the_field(preset_specs, tmp_path, model, args, message):
+    result = CliRunner().invoke(
+        app, ["generate", "--model", model, "--prompt", "a cat", "-o", str(tmp_path / "x.mp4"), *args],
+        env={"VIDEOSERVE_CACHE_DIR": str(preset_specs.cache), "COLUMNS": "200"},
+    )
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -104,6 +169,7 @@ def test_bad_input_exits_2_naming_the_problem(preset_cache, tmp_path, args, mess
 def test_models_lists_every_preset(preset_cache):
     result = _videoserve("models", cache=preset_cache)
     assert result.returncode == 0
-    for name in ("tiny", "tiny-i2v", "bench", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
-                 "wan2.1-i2v-14b-720p"):
+    for name in ("tiny", "tiny-i2v", "bench", "tiny-wan22-moe", "tiny-wan22-moe-i2v", "tiny-wan22-ti2v", "tiny-ltx",
+                 "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
+                 "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "ltx-video", "ltx-video-0.9.5"):
         assert name in result.stdout.split()

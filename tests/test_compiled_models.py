@@ -14,17 +14,17 @@ import torch
 from engine.denoise_engine import DenoiseEngine, FinishedEvent, InProcessExecutor
 from engine.denoise_scheduler import SchedulerConfig
 from engine.request_validation import validate_generation
-from engine.stages.denoiser import WanDenoiser
+from engine.stages.denoiser import load_denoiser
 from engine.stages.image_conditioner import image_embed_tokens
-from engine.stages.vae_decoder import VaeDecoder
+from engine.stages.vae_decoder import load_vae_decoder
 from tests.conftest import image_bytes
 
 
 @pytest.fixture(scope="module")
 def compiled_t2v(tiny_spec):
-    denoiser = WanDenoiser(tiny_spec, compile_transformer=True)
+    denoiser = load_denoiser(tiny_spec, compile_transformer=True)
     defaults = tiny_spec.defaults
-    shape = denoiser.warm_up_compiled(defaults.width, defaults.height, defaults.num_frames)
+    [shape] = denoiser.warm_up_compiled(defaults.width, defaults.height, defaults.num_frames)
     return denoiser, shape
 
 
@@ -51,13 +51,13 @@ def _run(denoiser, tasks, arrival_steps):
 
 def test_compiled_steps_equal_eager_for_any_batch_size_without_recompiling(tiny_pipeline, compiled_t2v):
     denoiser, _ = compiled_t2v
-    before = denoiser.compiled.counters.compiled_calls
+    before = denoiser.compiled[0].counters.compiled_calls
     requests = [_request(tiny_pipeline.spec, index) for index in range(4)]
     tasks = [tiny_pipeline.denoise_task(request) for request in requests]
     # Staggered: the batch holds 1, 2, 3 and 4 requests (2 to 8 rows) at different steps.
     results = _run(denoiser, tasks, arrival_steps=[0, 1, 2, 3])
-    assert denoiser.compiled.counters.compiled_calls - before >= 5
-    assert denoiser.compiled.counters.recompile_fallbacks == 0
+    assert denoiser.compiled[0].counters.compiled_calls - before >= 5
+    assert denoiser.compiled[0].counters.recompile_fallbacks == 0
     for task in tasks:
         eager = tiny_pipeline.denoiser.denoise(task).latents
         torch.testing.assert_close(results[task.request_id], eager, rtol=1e-4, atol=1e-4)
@@ -67,11 +67,12 @@ def test_compiled_steps_equal_eager_for_any_batch_size_without_recompiling(tiny_
 
 def test_a_shape_that_was_not_warmed_runs_eagerly_and_exactly(tiny_pipeline, compiled_t2v):
     denoiser, shape = compiled_t2v
-    counters = denoiser.compiled.counters
+    counters = denoiser.compiled[0].counters
     compiled_before, eager_before = counters.compiled_calls, counters.eager_calls
     request = _request(tiny_pipeline.spec, 0, width=48, height=32, num_frames=5)
     task = tiny_pipeline.denoise_task(request)
-    assert tuple(task.initial_latents.shape[2:]) != shape.hidden_states[1:]
+    warmed_latents = dict(shape.arguments)["hidden_states"][0]
+    assert tuple(task.initial_latents.shape[1:]) != warmed_latents
     latents = denoiser.denoise(task).latents
     assert counters.compiled_calls == compiled_before
     assert counters.eager_calls - eager_before == request.num_inference_steps
@@ -81,7 +82,7 @@ def test_a_shape_that_was_not_warmed_runs_eagerly_and_exactly(tiny_pipeline, com
 def test_a_single_row_step_runs_eagerly(tiny_pipeline, compiled_t2v):
     # Guidance 1 turns CFG off: one request is one row, which would specialise the graph.
     denoiser, _ = compiled_t2v
-    counters = denoiser.compiled.counters
+    counters = denoiser.compiled[0].counters
     compiled_before = counters.compiled_calls
     task = tiny_pipeline.denoise_task(_request(tiny_pipeline.spec, 1, guidance_scale=1.0))
     assert task.text.negative_prompt_embeds is None
@@ -92,28 +93,40 @@ def test_a_single_row_step_runs_eagerly(tiny_pipeline, compiled_t2v):
 
 def test_image_to_video_steps_compile_with_the_image_encoders_token_count(tiny_i2v_pipeline):
     spec = tiny_i2v_pipeline.spec
-    tokens = image_embed_tokens(spec)
-    denoiser = WanDenoiser(spec, compile_transformer=True)
-    shape = denoiser.warm_up_compiled(spec.defaults.width, spec.defaults.height, spec.defaults.num_frames, tokens)
+    denoiser = load_denoiser(spec, compile_transformer=True)
+    [shape] = denoiser.warm_up_compiled(spec.defaults.width, spec.defaults.height, spec.defaults.num_frames)
     request = validate_generation({"prompt": "the cat turns", "image": image_bytes(64, 48), "num_inference_steps": 3,
                                    "seed": 9}, spec, request_id="i2v")
     task = tiny_i2v_pipeline.denoise_task(request)
-    assert shape.image_embeds == tuple(task.image.image_embeds.shape[1:])
+    # The token count came from the image encoder's config alone.
+    image_shape = dict(shape.arguments)["encoder_hidden_states_image"][0]
+    assert image_shape == tuple(task.image.image_embeds.shape[1:])
+    assert image_shape[0] == image_embed_tokens(spec)
     latents = denoiser.denoise(task).latents
-    assert denoiser.compiled.counters.compiled_calls == 3
-    assert denoiser.compiled.counters.recompile_fallbacks == 0
+    assert denoiser.compiled[0].counters.compiled_calls == 3
+    assert denoiser.compiled[0].counters.recompile_fallbacks == 0
     torch.testing.assert_close(latents, tiny_i2v_pipeline.denoiser.denoise(task).latents, rtol=1e-4, atol=1e-4)
 
 
-def test_image_to_video_warm_up_needs_the_token_count(tiny_i2v_spec):
-    denoiser = WanDenoiser(tiny_i2v_spec, compile_transformer=True)
-    with pytest.raises(ValueError, match="image_tokens"):
-        denoiser.warm_up_compiled(32, 32, 5)
+def test_both_experts_of_a_two_expert_model_compile_and_equal_eager(preset_cache):
+    from engine.model_registry import resolve_model
+    from engine.staged_pipeline import StagedPipeline
+
+    spec = resolve_model("tiny-wan22-moe", preset_cache)
+    eager = StagedPipeline.load(spec)
+    denoiser = load_denoiser(spec, compile_transformer=True)
+    denoiser.warm_up_compiled(spec.defaults.width, spec.defaults.height, spec.defaults.num_frames)
+    tasks = [eager.denoise_task(_request(spec, index)) for index in range(3)]
+    results = _run(denoiser, tasks, arrival_steps=[0, 1, 1])
+    for compiled in denoiser.compiled:  # each expert ran compiled steps, and none recompiled
+        assert compiled.counters.compiled_calls > 0 and compiled.counters.recompile_fallbacks == 0
+    for task in tasks:
+        torch.testing.assert_close(results[task.request_id], eager.denoiser.denoise(task).latents, rtol=1e-4, atol=1e-4)
 
 
 def test_warm_up_without_compilation_is_refused(tiny_spec):
     with pytest.raises(ValueError, match="compile_transformer=True"):
-        WanDenoiser(tiny_spec).warm_up_compiled(32, 32, 5)
+        load_denoiser(tiny_spec).warm_up_compiled(32, 32, 5)
 
 
 def test_a_denoiser_replica_with_compile_on_serves_compiled_steps(tiny_pipeline, preset_cache, ray_cluster):
@@ -122,9 +135,9 @@ def test_a_denoiser_replica_with_compile_on_serves_compiled_steps(tiny_pipeline,
     from serve.deployments.denoiser import DenoiseDone, DenoiserDeployment
 
     # Constructed here as Serve would in a replica: the warm-up runs in the constructor, on the model thread.
-    deployment = DenoiserDeployment({"model": "tiny", "cache_dir": str(preset_cache), "device": "cpu",
+    deployment = DenoiserDeployment({"models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
                                      "denoiser": {"compile": True}})
-    compiled = deployment.engine.executor.denoiser.compiled
+    [compiled] = deployment.engine.executor.denoiser.compiled
     assert len(compiled.shapes.warmed_shapes) == 1
     request = _request(tiny_pipeline.spec, 2)
     task = tiny_pipeline.denoise_task(request)
@@ -150,7 +163,7 @@ def test_compile_on_a_denoiser_of_several_ranks_is_refused_naming_the_fields():
 
 @pytest.fixture(scope="module")
 def compiled_vae(tiny_spec):
-    decoder = VaeDecoder(tiny_spec, compile_decoder=True)
+    decoder = load_vae_decoder(tiny_spec, compile_decoder=True)
     defaults = tiny_spec.defaults
     return decoder, decoder.warm_up_compiled(defaults.width, defaults.height, defaults.num_frames)
 
@@ -186,7 +199,7 @@ def test_a_video_length_that_was_not_warmed_decodes_eagerly_and_exactly(tiny_pip
 
 def test_vae_warm_up_without_compilation_is_refused(tiny_spec):
     with pytest.raises(ValueError, match="compile_decoder=True"):
-        VaeDecoder(tiny_spec).warm_up_compiled(32, 32, 9)
+        load_vae_decoder(tiny_spec).warm_up_compiled(32, 32, 9)
 
 
 def test_a_vae_replica_with_compile_on_decodes_compiled(tiny_pipeline, preset_cache, ray_cluster):
@@ -196,7 +209,7 @@ def test_a_vae_replica_with_compile_on_decodes_compiled(tiny_pipeline, preset_ca
     from serve.deployments.vae_decoder import VaeDecoderDeployment
     from serve.object_handoff import ObjectHandoff
 
-    deployment = VaeDecoderDeployment({"model": "tiny", "cache_dir": str(preset_cache), "device": "cpu",
+    deployment = VaeDecoderDeployment({"models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
                                        "vae_decoder": {"compile": True}})
     latents = _latents(tiny_pipeline.spec, tiny_pipeline.spec.defaults.num_frames, seed=11)
     frames = asyncio.run(deployment.decode(ObjectHandoff.put(Latents("r", latents)), 16))

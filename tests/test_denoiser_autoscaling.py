@@ -38,21 +38,18 @@ def test_policy_reads_the_replicas_custom_metric():
 def test_denoiser_reports_its_engine_backlog(tiny_spec, preset_cache):
     import torch
 
-    from engine.initial_noise import initial_latents
     from engine.request_validation import validate_generation
-    from engine.stage_types import DenoiseTask, TextEmbeddings
+    from engine.stage_types import TextEmbeddings
     from serve.deployments.denoiser import DenoiserDeployment
 
     # The deployment class is constructed here without Ray, as Serve would in a replica.
-    deployment = DenoiserDeployment({"model": "tiny", "cache_dir": str(preset_cache), "device": "cpu",
+    deployment = DenoiserDeployment({"models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
                                      "denoiser": {"max_batch_size": 2}})
     assert deployment.record_autoscaling_stats() == {"engine_requests": 0.0, "engine_step_batches": 0.0}
     text = TextEmbeddings(prompt_embeds=torch.zeros(1, 512, 32), negative_prompt_embeds=None)
     for seed in range(3):
         request = validate_generation({"prompt": "a", "num_inference_steps": 4, "guidance_scale": 1.0, "seed": seed},
                                       tiny_spec, request_id=f"r{seed}")
-        deployment.engine.add_request(
-            DenoiseTask(request.request_id, initial_latents(request, tiny_spec.geometry), text, None, 4, 1.0, 3.0)
-        )
+        deployment.engine.add_request(deployment.engine.executor.denoiser.prepare(request, text, None))
     # Three requests of four steps, two per step: 4 steps for the first pair, 4 for the third.
     assert deployment.record_autoscaling_stats() == {"engine_requests": 3.0, "engine_step_batches": 8.0}

@@ -28,7 +28,8 @@ from deploy.rayservice_schema import (
     group_custom_resources,
     validate_rayservice,
 )
-from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS, deployment_names
+from serve.app_builder import deployment_names
+from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
 from serve.app_config import AppConfig
 from serve.denoiser_placement import PlacementMismatch, with_denoiser_placement
 from tests.conftest import REPO_ROOT
@@ -39,6 +40,7 @@ VALUES_FILES = {
     "wan14b-4xh100": [EXAMPLES / "wan14b-4xh100.yaml"],
     "wan1.3b-1gpu": [EXAMPLES / "wan1.3b-1gpu.yaml"],
     "cpu-demo": [EXAMPLES / "cpu-demo.yaml"],
+    "wan22-a14b-4xh100": [EXAMPLES / "wan22-a14b-4xh100.yaml"],
 }
 GROUPS = ("dit", "aux", "cpu")
 
@@ -156,9 +158,9 @@ def _image_to_video_directory(tmp_path: Path) -> Path:
 NAME_CASES = {
     **{name: (files, {}) for name, files in VALUES_FILES.items()},
     "i2v-preset-with-expander": ([EXAMPLES / "wan14b-4xh100.yaml"],
-                                 {"serve.args.model": "wan2.1-i2v-14b-480p",
+                                 {"serve.args.models": ["wan2.1-i2v-14b-480p"],
                                   "serve.args.prompt_expander.model": "tiny-llm"}),
-    "tiny-i2v-cpu": ([EXAMPLES / "cpu-demo.yaml"], {"serve.args.model": "tiny-i2v"}),
+    "tiny-i2v-cpu": ([EXAMPLES / "cpu-demo.yaml"], {"serve.args.models": ["tiny-i2v"]}),
     "t2v-with-expander": ([], {"serve.args.prompt_expander.model": "Qwen/Qwen2.5-1.5B-Instruct"}),
 }
 
@@ -167,23 +169,54 @@ NAME_CASES = {
 def test_deployment_names_are_pythons(case):
     files, set_values = NAME_CASES[case]
     manifests = render(files, set_values)
-    args = application(manifests)["args"]
-    assert [d["name"] for d in application(manifests)["deployments"]] == deployment_names(AppConfig.model_validate(args))
+    args = AppConfig.model_validate(application(manifests)["args"])
+    listed = [d["name"] for d in application(manifests)["deployments"]]
+    if len(args.models) == 1:
+        assert listed == deployment_names(args)
+    else:  # the model stages' names come from the checkpoints (args.stage_options carries their options)
+        python = deployment_names(args)
+        assert listed == [name for name in python if name.split("-")[0] not in args.stage_options]
+        assert set(args.stage_options) == {name.split("-")[0] for name in python} - set(listed)
 
 
 def test_local_image_to_video_directory_needs_the_flag(tmp_path):
     directory = str(_image_to_video_directory(tmp_path))
-    without = render(set_values={"serve.args.model": directory})
-    flagged = render(set_values={"serve.args.model": directory, "serve.imageToVideo": True})
-    python_names = deployment_names(AppConfig(model=directory))
+    without = render(set_values={"serve.args.models": [directory]})
+    flagged = render(set_values={"serve.args.models": [directory], "serve.imageToVideo": True})
+    python_names = deployment_names(AppConfig(models=[directory]))
     assert "ImageConditioner" in python_names
     assert [d["name"] for d in application(flagged)["deployments"]] == python_names
     assert "ImageConditioner" not in deployments(without)
 
 
 def test_image_to_video_flag_on_a_text_to_video_preset_is_refused():
-    with pytest.raises(ChartRenderError, match="serve.imageToVideo is true but serve.args.model wan2.1-t2v-14b"):
+    with pytest.raises(ChartRenderError, match=r"serve.imageToVideo is true but serve.args.models\[0\] wan2.1-t2v-14b"):
         render(set_values={"serve.imageToVideo": True})
+
+
+def test_several_models_put_the_per_kind_options_into_stage_options():
+    manifests = render([EXAMPLES / "wan22-a14b-4xh100.yaml"])
+    app = application(manifests)
+    # The shared and per-model stages are named in Python, from the checkpoints: not listed here.
+    assert [d["name"] for d in app["deployments"]] == ["VideoAPI", "PostProcessor"]
+    config = AppConfig.model_validate(app["args"])
+    assert config.model_names() == ["wan2.2-t2v-a14b", "wan2.2-i2v-a14b"]
+    denoiser = config.stage_options["Denoiser"]
+    assert denoiser["ray_actor_options"]["resources"] == {"videoserve_dit": 1}
+    assert denoiser["placement_group_bundles"] == [{"CPU": 4, "GPU": 1, "videoserve_dit": 1}] * 4
+    assert denoiser["autoscaling_config"]["max_replicas"] == 4
+    assert config.stage_options["TextEncoder"]["ray_actor_options"]["resources"] == {"videoserve_aux": 1}
+    # What the builder gives each model's Denoiser: the kind's options, then the model's own.
+    from serve.app_builder import deployment_options
+    from serve.model_stages import StageDeployment, StagePlan
+
+    plan = StagePlan(tuple(StageDeployment("Denoiser", f"Denoiser-{model}", model, (model,))
+                           for model in config.model_names()),
+                     {model: {"Denoiser": f"Denoiser-{model}"} for model in config.model_names()})
+    options = deployment_options(config, plan)
+    assert options["Denoiser-wan2.2-t2v-a14b"]["autoscaling_config"]["max_replicas"] == 4
+    assert options["Denoiser-wan2.2-i2v-a14b"]["autoscaling_config"]["max_replicas"] == 2
+    assert options["Denoiser-wan2.2-i2v-a14b"]["placement_group_bundles"] == denoiser["placement_group_bundles"]
 
 
 # --- Denoiser placement -------------------------------------------------------------------

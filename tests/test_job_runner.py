@@ -17,7 +17,7 @@ from serve.api.create_request import parse_create_fields
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.job_runner import JobRunner, StageHandles
+from serve.job_runner import JobRunner, ModelRoute, StageHandles
 from serve.job_store import JobRecord, JobStatus, open_job_store
 from serve.metrics import VideoServeMetrics
 from serve.video_service import VideoService
@@ -60,7 +60,7 @@ def test_a_poisoned_job_is_retried_a_bounded_number_of_times_then_fails_with_its
     config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=3)
     _queued_job(tiny_spec, store)
     handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
-    runner = JobRunner(config, tiny_spec, store, artifacts, handles, metrics, webhooks=None)
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics, webhooks=None)
     _CrashingStage.calls = 0
 
     async def run_until_final():
@@ -85,8 +85,8 @@ def test_jobs_queued_through_this_replica_are_claimed_without_waiting_for_the_po
     # its failure) can only start because the create and the re-queue pushed a wake-up.
     config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=2, poll_interval_seconds=3600)
     handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
-    runner = JobRunner(config, tiny_spec, store, artifacts, handles, metrics, webhooks=None)
-    service = VideoService(config, tiny_spec, store, artifacts, metrics, runner, expander_enabled=False)
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics, webhooks=None)
+    service = VideoService(config, {tiny_spec.name: tiny_spec}, store, artifacts, metrics, runner, expander_enabled=False)
     assert service.updates is runner.updates
     _CrashingStage.calls = 0
 
@@ -108,7 +108,7 @@ def test_jobs_queued_through_this_replica_are_claimed_without_waiting_for_the_po
 def test_a_full_queue_answers_429_with_retry_after_and_keeps_serving(tmp_path, tiny_spec):
     config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_queued=2)
     api = create_api()
-    api.state.service = VideoService(config, tiny_spec, store, artifacts, metrics, runner=None, expander_enabled=False)
+    api.state.service = VideoService(config, {tiny_spec.name: tiny_spec}, store, artifacts, metrics, runner=None, expander_enabled=False)
     with TestClient(api) as client:
         accepted = [client.post("/v1/videos", json={"prompt": f"clip {n}"}) for n in range(2)]
         assert [response.status_code for response in accepted] == [200, 200]

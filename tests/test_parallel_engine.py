@@ -3,7 +3,9 @@
 Real processes joined in a gloo group (the CPU stand-in for NCCL, same code path): rank 0
 runs the engine with staggered arrivals, mixed sizes (one uneven over the ranks), step
 counts and guidance scales; the others mirror it through step messages. Both parallel
-modes, text- and image-to-video.
+modes, text- and image-to-video; on 2 ranks also Wan 2.2 A14B's two experts (both split,
+requests crossing the boundary at different steps) and TI2V's per-token timesteps with
+text- and image-to-video requests in one gang.
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ from tests.parallel_engine_ranks import REQUESTS
 from tests.serving_cluster import free_port
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
-def test_parallel_engine_matches_one_rank(world_size, preset_cache, tiny_spec, tiny_i2v_spec, tmp_path):
+WAN21 = ("tiny", "tiny-i2v")
+WAN22 = ("tiny-wan22-moe", "tiny-wan22-moe-i2v", "tiny-wan22-ti2v")
+
+
+@pytest.mark.parametrize("world_size,models", [(2, WAN21 + WAN22), (4, WAN21)], ids=["N2", "N4"])
+def test_parallel_engine_matches_one_rank(world_size, models, preset_specs, preset_cache, tmp_path):
+    for model in models:  # built here once, not raced by the ranks
+        preset_specs[model]
     output = tmp_path / "report.json"
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     ranks = [
         subprocess.Popen([sys.executable, "-m", "tests.parallel_engine_ranks", str(rank), str(world_size), str(port),
-                          str(preset_cache), str(output)], cwd=REPO_ROOT, env=env,
+                          str(preset_cache), str(output), ",".join(models)], cwd=REPO_ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in range(world_size)
     ]
     logs = [rank.communicate(timeout=540)[0] for rank in ranks]
     assert all(rank.returncode == 0 for rank in ranks), "\n\n".join(log[-3000:] for log in logs)
     report = json.loads(output.read_text())
-    assert set(report) == {f"{model}/{mode}" for model in ("tiny", "tiny-i2v") for mode in ("tensor", "sequence")}
+    assert set(report) == {f"{model}/{mode}" for model in models for mode in ("tensor", "sequence")}
     for case, result in report.items():
         assert result["finished"] == sorted(f"r{index}" for index in range(len(REQUESTS))), case
         assert result["latent_max_abs_diff"] <= 1e-4, case
@@ -42,3 +50,5 @@ def test_parallel_engine_matches_one_rank(world_size, preset_cache, tiny_spec, t
         assert max(result["batch_sizes"]) > 1, case  # requests really shared steps
         # Every step moved data between the ranks, and the log saw it.
         assert all(step_bytes > 0 for step_bytes in result["step_bytes"]), case
+        if "moe" in case:  # both experts ran, each split over the ranks
+            assert result["experts_used"] == [0, 1], case

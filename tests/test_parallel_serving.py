@@ -30,7 +30,7 @@ def parallel_cluster(ray_cluster, serve_port, preset_cache, tmp_path_factory):
     config = None
     for name, parallel in APPS.items():
         args = AppConfig.model_validate({
-            "model": "tiny", "cache_dir": str(preset_cache), "device": "cpu", "parallel": parallel,
+            "models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu", "parallel": parallel,
             "storage": {"state_dir": str(state_root / name)},
             "jobs": {"lease_seconds": 3.0, "poll_interval_seconds": 0.05},
             "api": {"poll_after_ms": 100},

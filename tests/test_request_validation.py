@@ -18,15 +18,17 @@ def _refused(raw, spec) -> RequestValidationError:
 
 BAD_T2V_VALUES = [
     # field, bad value, words the message must contain
-    ("width", 40, ["multiple of 16", "16", "256", "got 40"]),
-    ("width", 272, ["between 16 and 256", "got 272"]),
-    ("width", 0, ["between 16 and 256"]),
+    # The rules come from the checkpoint: 8x VAE, 2x2 patch, 4x temporal VAE, a 1024-position rotary table.
+    ("width", 40, ["multiple of 16", "8x downsampling", "2x2 patch", "got 40"]),
+    ("width", 16400, ["at most 16384", "got 16400"]),
+    ("width", 0, ["at least 16"]),
     ("width", 16.5, []),
     ("height", 24, ["multiple of 16", "got 24"]),
-    ("height", 512, ["between 16 and 256"]),
-    ("num_frames", 8, ["4k+1", "got 8"]),
-    ("num_frames", 37, ["between 1 and 33", "got 37"]),
+    ("height", 16384 + 16, ["at most 16384"]),
+    ("num_frames", 8, ["4k+1", "1, 5, 9", "got 8"]),
+    ("num_frames", 4097, ["up to 4093", "got 4097"]),
     ("num_frames", 0, ["4k+1"]),
+    ("guidance_scale_2", 3.0, ["not accepted", "one expert"]),
     ("num_inference_steps", 0, ["between 1 and 100"]),
     ("num_inference_steps", 101, ["between 1 and 100", "got 101"]),
     ("guidance_scale", -0.5, ["between 0 and 30"]),

@@ -23,21 +23,23 @@ DEGREES = (2, 4)
 FP32_BYTES = 4
 
 
-def _cases(tiny_spec, tiny_i2v_spec) -> list[ModelCase]:
+def _cases(tiny_spec, tiny_i2v_spec, ti2v_spec) -> list[ModelCase]:
     return [
         ModelCase("t2v", tiny_spec),
         ModelCase("i2v", tiny_i2v_spec, with_image=True),
         # Wan 2.1 I2V attends to the image tokens through attn2's own add_k/add_v projections.
         ModelCase("i2v-added-kv", tiny_i2v_spec, config_changes={"added_kv_proj_dim": 48}, with_image=True),
+        # Wan 2.2 TI2V modulates every token by its own timestep: each rank embeds its tokens' only.
+        ModelCase("ti2v-per-token-timesteps", ti2v_spec, per_token_timesteps=True),
     ]
 
 
 @pytest.fixture(scope="module", params=DEGREES, ids=lambda degree: f"N{degree}")
-def group_results(request, tiny_spec, tiny_i2v_spec, tmp_path_factory):
+def group_results(request, tiny_spec, tiny_i2v_spec, preset_specs, tmp_path_factory):
     """Each case's saved results, per rank, from one group of ``N`` processes."""
     degree = request.param
     out_dir = tmp_path_factory.mktemp(f"sequence-parallel-{degree}")
-    cases = _cases(tiny_spec, tiny_i2v_spec)
+    cases = _cases(tiny_spec, tiny_i2v_spec, preset_specs["tiny-wan22-ti2v"])
     run_ranks(degree, cases, out_dir)
     results = {case.name: [torch.load(result_path(out_dir, case.name, rank), weights_only=False)
                            for rank in range(degree)] for case in cases}
@@ -45,7 +47,7 @@ def group_results(request, tiny_spec, tiny_i2v_spec, tmp_path_factory):
 
 
 def _case_names() -> list[str]:
-    return ["t2v", "i2v", "i2v-added-kv"]
+    return ["t2v", "i2v", "i2v-added-kv", "ti2v-per-token-timesteps"]
 
 
 @pytest.mark.parametrize("case_name", _case_names())

@@ -7,7 +7,8 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from serve.app_builder import DEFAULT_DEPLOYMENT_OPTIONS, deployment_names
+from serve.app_builder import deployment_names
+from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
 from serve.app_config import AppConfig
 from serve.cli import app
 from serve.cluster_launcher import default_serve_config, load_serve_config, with_overrides
@@ -39,7 +40,7 @@ def test_committed_config_validates_with_rays_own_schemas():
 
 
 def test_image_to_video_and_prompt_expansion_add_their_deployments():
-    config = AppConfig(model="tiny-i2v", prompt_expander={"model": "tiny-llm"})
+    config = AppConfig(models=["tiny-i2v"], prompt_expander={"model": "tiny-llm"})
     names = {d["name"] for d in default_serve_config(config)["applications"][0]["deployments"]}
     assert names == set(DEFAULT_DEPLOYMENT_OPTIONS)
 
@@ -47,11 +48,11 @@ def test_image_to_video_and_prompt_expansion_add_their_deployments():
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(DEPLOY_FILE.read_text())
-    merged = with_overrides(load_serve_config(path), args={"model": "tiny-i2v", "storage": {"state_dir": "/srv/vs"}},
+    merged = with_overrides(load_serve_config(path), args={"models": ["tiny-i2v"], "storage": {"state_dir": "/srv/vs"}},
                             host="0.0.0.0", port=9000)
     assert merged["http_options"] == {"host": "0.0.0.0", "port": 9000}
     args = AppConfig.model_validate(merged["applications"][0]["args"])
-    assert (args.model, args.storage.state_dir) == ("tiny-i2v", "/srv/vs")
+    assert (args.model_names(), args.storage.state_dir) == (["tiny-i2v"], "/srv/vs")
 
 
 @pytest.mark.parametrize(
@@ -150,10 +151,37 @@ def test_builder_refuses_a_degree_the_dit_cannot_split(preset_cache, tiny_spec, 
     from serve.app_builder import build_app
 
     with pytest.raises(ValueError, match=field):
-        build_app({"model": "tiny", "cache_dir": str(preset_cache), "parallel": parallel})
+        build_app({"models": ["tiny"], "cache_dir": str(preset_cache), "parallel": parallel})
 
 
 def test_up_refuses_compile_on_a_gang_before_starting_anything():
     result = CliRunner().invoke(app, ["up", "--compile", "--sequence-parallel", "2"])
     assert result.exit_code == 2
     assert "denoiser.compile" in result.output and "parallel.sequence is 2" in result.output
+
+
+def test_up_refuses_a_directory_of_an_unsupported_pipeline_listing_the_supported_ones(tmp_path):
+    import json
+
+    (tmp_path / "flux").mkdir()
+    (tmp_path / "flux" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    result = CliRunner().invoke(app, ["up", "--model", "tiny", "--model", str(tmp_path / "flux")])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "FluxPipeline" in output and "LTXPipeline" in output and "WanImageToVideoPipeline" in output
+
+
+def test_several_models_with_one_name_are_refused_naming_it():
+    with pytest.raises(ValidationError, match="tiny named more than once"):
+        AppConfig(models=["tiny", {"source": "tiny-i2v", "name": "tiny"}])
+
+
+def test_config_render_lists_each_models_stages(preset_cache):
+    rendered = CliRunner().invoke(app, ["config", "render", "--model", "tiny", "--model", "tiny-ltx"],
+                                  env={"VIDEOSERVE_CACHE_DIR": str(preset_cache)})
+    assert rendered.exit_code == 0, rendered.output
+    data = yaml.safe_load(rendered.stdout)
+    names = [deployment["name"] for deployment in data["applications"][0]["deployments"]]
+    assert names == ["VideoAPI", "TextEncoder-tiny", "TextEncoder-tiny-ltx", "ImageConditioner-tiny-ltx",
+                     "Denoiser-tiny", "Denoiser-tiny-ltx", "VaeDecoder-tiny", "VaeDecoder-tiny-ltx", "PostProcessor"]
+    assert AppConfig.model_validate(data["applications"][0]["args"]).model_names() == ["tiny", "tiny-ltx"]

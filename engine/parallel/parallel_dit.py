@@ -25,6 +25,24 @@ def parallelize_transformer(transformer, mode: str, log: CommunicationLog) -> No
     getattr(importlib.import_module(module), split)(transformer, log)
 
 
+def parallelize_denoiser(denoiser, mode: str, log: CommunicationLog) -> None:
+    """Split every expert of ``denoiser`` (both of a two-expert model) over the rank group."""
+    check_family_supports(denoiser.spec, mode)
+    for transformer in denoiser.transformers:
+        parallelize_transformer(transformer, mode, log)
+
+
+def check_family_supports(spec, mode: str) -> None:
+    from engine.families import family_of
+
+    _mode(mode)
+    family = family_of(spec)
+    if mode not in family.parallel_modes:
+        supported = ", ".join(family.parallel_modes) or "none"
+        raise ValueError(f"parallel.{mode}: {spec.name} is a {family.name} model, whose DiT cannot be split that way "
+                         f"(parallel modes for {family.name}: {supported})")
+
+
 def check_parallel_degree(transformer_config: dict, mode: str, degree: int) -> None:
     """Refuse, before any rank starts, a degree the DiT's heads (and FFN width, for tensor) cannot split."""
     module, _, check = _mode(mode)

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from engine.parallel.communication_log import CommunicationLog, CommunicationVolume
 from engine.stage_types import DenoiseTask, Latents
-from engine.stages.denoiser import DenoiseState, WanDenoiser
+from engine.families.family import Denoising
+from engine.stages.denoiser import DenoiseState
 
 
 class RankFailed(RuntimeError):
@@ -43,7 +44,7 @@ class PeerRanks(Protocol):
 class RankMirror:
     """Ranks 1..N-1: apply rank 0's step messages to a copy of its request states."""
 
-    def __init__(self, denoiser: WanDenoiser):
+    def __init__(self, denoiser: Denoising):
         self.denoiser = denoiser
         self.states: dict[str, DenoiseState] = {}
 
@@ -62,7 +63,7 @@ class RankMirror:
 class RankGroupExecutor:
     """The engine's executor on rank 0 of a gang: the same interface as InProcessExecutor."""
 
-    def __init__(self, denoiser: WanDenoiser, peers: PeerRanks, communication: CommunicationLog | None = None):
+    def __init__(self, denoiser: Denoising, peers: PeerRanks, communication: CommunicationLog | None = None):
         self.denoiser = denoiser
         self.peers = peers
         self.communication = communication or CommunicationLog()

@@ -7,10 +7,12 @@ full text/image context) runs on the local tokens; only self-attention needs eve
 token, and DeepSpeed's ``DistributedAttention`` all-to-alls [b, s/N, h, d] into
 [b, s, h/N, d] around it and back.
 
-The model's forward is not forked. Module hooks cut the rotary table (``rope``) and the
-token sequence (entering ``blocks[0]``) to this rank's chunk and all-gather the chunks
-after ``proj_out``, so every rank takes the full inputs and returns the full output;
-each block's ``attn1`` gets a processor that runs its attention through
+The model's forward is not forked. Module hooks cut the rotary table (``rope``), the
+per-token timesteps of Wan 2.2 TI2V (entering ``condition_embedder``, so each rank embeds
+only its own tokens' timesteps and its blocks and output norm modulate only those) and
+the token sequence (entering ``blocks[0]``) to this rank's chunk, and all-gather the
+chunks after ``proj_out``, so every rank takes the full inputs and returns the full
+output; each block's ``attn1`` gets a processor that runs its attention through
 DistributedAttention.
 
 A token count N does not divide is padded at the end to the next multiple of N. The
@@ -184,15 +186,26 @@ class SequenceShardingHooks:
         """rope's output ([1, s, 1, d] cos and sin): keep the rows of this rank's tokens."""
         return tuple(self._shard.take_local(table, dim=1) for table in output)
 
+    def keep_local_timesteps(self, module, args: tuple, kwargs: dict):
+        """Entering condition_embedder with per-token timesteps ([b * s], Wan 2.2 TI2V): keep this rank's tokens'."""
+        sequence = kwargs.get("timestep_seq_len")
+        if sequence is None:  # one timestep per row: every rank embeds the same
+            return None
+        timestep = args[0] if args else kwargs["timestep"]
+        local = self._shard.take_local(timestep.unflatten(0, (-1, sequence)), dim=1)
+        kwargs = {**kwargs, "timestep_seq_len": local.shape[1]}
+        if args:
+            return (local.flatten(), *args[1:]), kwargs
+        return args, {**kwargs, "timestep": local.flatten()}
+
     def keep_local_tokens(self, module, args: tuple, kwargs: dict):
         """Entering blocks[0] with [b, s, dim] tokens: keep this rank's chunk for every block."""
         hidden_states = args[0] if args else kwargs["hidden_states"]
         temb = args[2] if len(args) > 2 else kwargs.get("temb")
-        if temb is not None and temb.ndim == 4:
-            # Wan 2.2 TI2V modulates every token with its own timestep; that table would need cutting too.
-            raise ValueError("sequence parallelism supports one timestep per row, not per-token timesteps")
         self._shard.tokens = hidden_states.shape[1]
         local = self._shard.take_local(hidden_states, dim=1)
+        if temb is not None and temb.ndim == 4 and temb.shape[1] != local.shape[1]:
+            raise ValueError(f"per-token timesteps for {temb.shape[1]} tokens reach a rank holding {local.shape[1]}")
         if args:
             return (local, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": local}
@@ -230,5 +243,6 @@ def split_sequence(transformer, log: CommunicationLog | None = None) -> None:
         block.attn1.set_processor(UlyssesSelfAttnProcessor(shard, dist.group.WORLD, log))
     hooks = SequenceShardingHooks(shard, log)
     transformer.rope.register_forward_hook(hooks.keep_local_rotary)
+    transformer.condition_embedder.register_forward_pre_hook(hooks.keep_local_timesteps, with_kwargs=True)
     transformer.blocks[0].register_forward_pre_hook(hooks.keep_local_tokens, with_kwargs=True)
     transformer.proj_out.register_forward_hook(hooks.gather_tokens)

@@ -155,20 +155,31 @@ def shard_transformer(transformer: nn.Module, log: CommunicationLog | None = Non
         _shard_block(block, mesh, log)
 
 
-def _shard_block(block: nn.Module, mesh: DeviceMesh, log: CommunicationLog | None) -> None:
+def block_parallel_plan(block: nn.Module) -> dict[str, ColwiseParallel | RowwiseParallel]:
+    """Which linears of one transformer block are split, and how (also what a rank's weight bytes follow from)."""
     plan: dict[str, ColwiseParallel | RowwiseParallel] = {}
     for name in ("attn1", "attn2"):
-        attention = getattr(block, name)
-        # A fused to_qkv/to_kv would be split as one matrix, mixing q, k and v columns;
-        # the separate projections it was built from are still there.
-        attention.unfuse_projections()
         projections = ["to_q", "to_k", "to_v"]
-        if attention.add_k_proj is not None:
+        if getattr(block, name).add_k_proj is not None:
             projections += ["add_k_proj", "add_v_proj"]
         plan.update({f"{name}.{projection}": ColwiseParallel() for projection in projections})
         plan[f"{name}.to_out.0"] = RowwiseParallel()
     plan["ffn.net.0.proj"] = ColwiseParallel()
     plan["ffn.net.2"] = RowwiseParallel()
+    return plan
+
+
+def sharded_norm_names(attention: nn.Module) -> list[str]:
+    """The q/k RMSNorms of an attention whose weights follow the heads across ranks."""
+    return ["norm_q", "norm_k"] + (["norm_added_k"] if attention.add_k_proj is not None else [])
+
+
+def _shard_block(block: nn.Module, mesh: DeviceMesh, log: CommunicationLog | None) -> None:
+    for name in ("attn1", "attn2"):
+        # A fused to_qkv/to_kv would be split as one matrix, mixing q, k and v columns;
+        # the separate projections it was built from are still there.
+        getattr(block, name).unfuse_projections()
+    plan = block_parallel_plan(block)
     # Every rank loaded the same checkpoint, so each keeps its own slice: scattering from
     # rank 0 would send the whole sharded weight set over the wire for nothing.
     parallelize_module(block, mesh, plan, src_data_rank=None)
@@ -176,8 +187,7 @@ def _shard_block(block: nn.Module, mesh: DeviceMesh, log: CommunicationLog | Non
     for name in ("attn1", "attn2"):
         attention = getattr(block, name)
         attention.heads //= mesh.size()
-        norms = ["norm_q", "norm_k"] + (["norm_added_k"] if attention.add_k_proj is not None else [])
-        for norm_name in norms:
+        for norm_name in sharded_norm_names(attention):
             norm = getattr(attention, norm_name)
             if isinstance(norm, nn.RMSNorm):
                 setattr(attention, norm_name, HeadShardedRMSNorm.from_full(norm, mesh, log))

@@ -1,15 +1,11 @@
-"""Image-to-video conditioning stage: first frame -> CLIP embeds + VAE-encoded condition."""
+"""Image-to-video conditioning stage: first frame -> what the model's family conditions its DiT on."""
 
 from __future__ import annotations
 
 import io
 
-import torch
-
-from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
-from engine.stage_types import GenerationRequest, ImageConditioning
 
 
 def decode_image(data: bytes):
@@ -20,78 +16,16 @@ def decode_image(data: bytes):
     return load_image(Image.open(io.BytesIO(data)))
 
 
+def load_image_conditioner(spec: ModelSpec, placement: StagePlacement | None = None):
+    from engine.families import family_of
+
+    if not spec.is_image_to_video:
+        raise ValueError(f"{spec.name} is a text-to-video model; it has no image conditioning")
+    return family_of(spec).image_conditioner(spec, placement or StagePlacement())
+
+
 def image_embed_tokens(spec: ModelSpec) -> int | None:
-    """Tokens of the CLIP image embeds this stage hands the DiT per image, from config files only.
+    """Image-embed tokens per image the DiT sees (CLIP's, for Wan 2.1 I2V), from configs; None without any."""
+    from engine.families import family_of
 
-    None for a checkpoint without an image encoder. The Denoiser needs the number before
-    any request arrives, to compile its forward for image-to-video steps.
-    """
-    from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPVisionConfig
-
-    if (WanImageToVideoPipeline.load_config(spec.source).get("image_encoder") or [None])[0] is None:
-        return None
-    config = CLIPVisionConfig.from_pretrained(spec.source, subfolder="image_encoder")
-    # encode_image takes the penultimate hidden states: one token per patch plus the class token.
-    return (config.image_size // config.patch_size) ** 2 + 1
-
-
-class ImageConditioner:
-    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
-        from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
-        from transformers import CLIPImageProcessor, CLIPVisionModel
-
-        if not spec.is_image_to_video:
-            raise ValueError(f"{spec.name} is a text-to-video model; it has no image conditioning")
-        self.spec = spec
-        self.placement = placement or StagePlacement()
-        device, dtype = self.placement.device, self.placement.torch_dtype
-        root = local_model_directory(spec, "image_encoder", "image_processor", "vae")
-        model_index = WanImageToVideoPipeline.load_config(root)
-        image_encoder = image_processor = None
-        # Wan 2.1 I2V conditions on CLIP image embeds; later variants ship no image encoder.
-        if (model_index.get("image_encoder") or [None])[0] is not None:
-            image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", torch_dtype=dtype)
-            image_encoder.to(device).eval()
-            image_processor = CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
-        vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=dtype).to(device).eval()
-        # Run diffusers' own encode_image / prepare_latents on a pipeline holding only these
-        # components: the condition tensor is then exactly WanImageToVideoPipeline's.
-        self._pipeline = WanImageToVideoPipeline(
-            tokenizer=None,
-            text_encoder=None,
-            vae=vae,
-            scheduler=None,
-            image_processor=image_processor,
-            image_encoder=image_encoder,
-        )
-
-    @torch.no_grad()
-    def condition(self, request: GenerationRequest) -> ImageConditioning:
-        if request.image is None:
-            raise ValueError("image-to-video needs request.image")
-        device = torch.device(self.placement.device)
-        image = decode_image(request.image)
-        image_embeds = None
-        if self._pipeline.image_encoder is not None:
-            image_embeds = self._pipeline.encode_image(image, device)
-        pixels = self._pipeline.video_processor.preprocess(image, height=request.height, width=request.width)
-        pixels = pixels.to(device, dtype=torch.float32)
-        geometry = self.spec.geometry
-        # prepare_latents also draws the noise; handing it a placeholder skips that draw
-        # (the noise comes from the request's seed in initial_noise) and keeps only the
-        # seed-independent condition, which is what makes it cacheable across requests.
-        placeholder = torch.zeros(geometry.latent_shape(request.num_frames, request.height, request.width))
-        _, condition = self._pipeline.prepare_latents(
-            pixels,
-            1,
-            geometry.latent_channels,
-            request.height,
-            request.width,
-            request.num_frames,
-            torch.float32,
-            device,
-            None,
-            placeholder,
-        )
-        return ImageConditioning(image_embeds=image_embeds, condition=condition)
+    return family_of(spec).image_embed_tokens(spec)

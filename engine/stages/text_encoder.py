@@ -1,44 +1,25 @@
-"""UMT5 text encoder stage: request text -> TextEmbeddings."""
+"""Text encoder stage: texts -> EncodedText, through the model family's own prompt code."""
 
 from __future__ import annotations
 
-import torch
-
-from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import GenerationRequest, TextEmbeddings
 
 
 class TextEncoder:
+    """The family's text encoder, plus the request-level step: the prompt, and the negative prompt under CFG."""
+
     def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
-        from diffusers import WanPipeline
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        from engine.families import family_of
 
         self.spec = spec
         self.placement = placement or StagePlacement()
-        root = local_model_directory(spec, "tokenizer", "text_encoder")
-        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
-        text_encoder = UMT5EncoderModel.from_pretrained(
-            root, subfolder="text_encoder", torch_dtype=self.placement.torch_dtype
-        )
-        text_encoder.to(self.placement.device).eval()
-        # diffusers' own prompt code (ftfy cleaning, max-length padding, trimming and
-        # re-padding with zeros) runs on a pipeline that holds only the text components,
-        # so our embeddings cannot drift from WanPipeline's.
-        self._pipeline = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=None)
+        self.encoder = family_of(spec).text_encoder(spec, self.placement)
 
-    @torch.no_grad()
-    def encode_text(self, text: str) -> torch.Tensor:
-        """Embeddings of one text, [1, max_length, D]."""
-        embeds, _ = self._pipeline.encode_prompt(
-            prompt=text,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.spec.geometry.text_max_length,
-            device=torch.device(self.placement.device),
-        )
-        return embeds
+    def encode_text(self, text: str):
+        return self.encoder.encode_text(text)
 
     def encode(self, request: GenerationRequest) -> TextEmbeddings:
         negative = self.encode_text(request.negative_prompt) if request.uses_classifier_free_guidance else None
-        return TextEmbeddings(prompt_embeds=self.encode_text(request.prompt), negative_prompt_embeds=negative)
+        return TextEmbeddings.of(self.encode_text(request.prompt), negative)

@@ -1,4 +1,9 @@
-"""VAE decoder stage: Latents -> uint8 Frames."""
+"""VAE decoder stage: Latents -> uint8 Frames, with what every family's decoder shares.
+
+A family says how its latents are un-normalised and handed to its VAE (``_decode_video``);
+this class owns the VAE's placement, the optional compiled decoder, and the conversion
+to uint8 frames.
+"""
 
 from __future__ import annotations
 
@@ -6,79 +11,88 @@ import numpy as np
 import torch
 
 from engine.compiled_for_shapes import CompiledForShapes
-from engine.model_registry import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import Frames, Latents
 
 
 class VaeDecoder:
-    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_decoder: bool = False):
-        from diffusers import AutoencoderKLWan
+    def __init__(self, spec: ModelSpec, placement: StagePlacement | None, vae: torch.nn.Module,
+                 compile_decoder: bool = False):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
         self.placement = placement or StagePlacement()
-        self.vae = AutoencoderKLWan.from_pretrained(
-            local_model_directory(spec, "vae"), subfolder="vae", torch_dtype=self.placement.torch_dtype
-        )
-        self.vae.to(self.placement.device).eval()
+        self.vae = vae.to(self.placement.device).eval()
         self.video_processor = VideoProcessor(vae_scale_factor=spec.geometry.spatial_factor)
-        config = self.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        self._latents_mean = torch.tensor(config.latents_mean).view(shape)
-        self._latents_inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape)
-        # The decoder runs once per latent frame (it carries a causal cache across calls): that
-        # module is what gets compiled, for the video sizes warm_up_compiled() prepares.
+        # Wan's decoder runs once per latent frame (it carries a causal cache across calls),
+        # LTX's once per video: either way vae.decoder is the module that gets compiled, for
+        # the video sizes warm_up_compiled() prepares.
         self._compiled_decoder = torch.compile(self.vae.decoder) if compile_decoder else None
         self.compiled = CompiledForShapes("VAE decode") if compile_decoder else None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.placement.device)
 
     @torch.no_grad()
     def warm_up_compiled(self, width: int, height: int, num_frames: int) -> tuple:
         """Compile the decoder for videos of this size (slow: call it before serving)."""
         if self.compiled is None:
-            raise ValueError("warm_up_compiled() needs VaeDecoder(compile_decoder=True)")
-        z = torch.zeros(self.spec.geometry.latent_shape(num_frames, height, width), dtype=self.vae.dtype,
-                        device=self.placement.device)
-        shape = _decode_shape(z)
-        self.compiled.warm_up(shape, lambda: self._decode_with(self._compiled_decoder, z))
+            raise ValueError("warm_up_compiled() needs compile_decoder=True")
+        latents = torch.zeros(self.spec.geometry.latent_shape(num_frames, height, width))
+        shape = _decode_shape(latents)
+        self.compiled.warm_up(shape, lambda: self._with_decoder(self._compiled_decoder, self._decode_video, latents,
+                                                                 self._warm_up_generator_state()))
         return shape
 
     def decode(self, latents: Latents, fps: int) -> Frames:
-        return Frames(request_id=latents.request_id, frames=self.decode_latents(latents.latents), fps=fps)
+        frames = self.decode_latents(latents.latents, latents.generator_state)
+        return Frames(request_id=latents.request_id, frames=frames, fps=fps)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """Un-normalise and decode as WanPipeline does (diffusers has no public function for it)."""
-        z = latents.to(self.placement.device, dtype=self.vae.dtype)
-        mean = self._latents_mean.to(z.device, z.dtype)
-        inverse_std = self._latents_inverse_std.to(z.device, z.dtype)
-        z = z / inverse_std + mean
+    def decode_latents(self, latents: torch.Tensor, generator_state: torch.Tensor | None = None) -> np.ndarray:
         if self.compiled is None:
-            video = self.vae.decode(z, return_dict=False)[0]
+            video = self._decode_video(latents, generator_state)
         else:
-            video = self.compiled.run(_decode_shape(z), compiled=lambda: self._decode_with(self._compiled_decoder, z),
-                                      eager=lambda: self.vae.decode(z, return_dict=False)[0])
+            video = self.compiled.run(
+                _decode_shape(latents),
+                compiled=lambda: self._with_decoder(self._compiled_decoder, self._decode_video, latents,
+                                                    generator_state),
+                eager=lambda: self._decode_video(latents, generator_state),
+            )
         frames = self.video_processor.postprocess_video(video, output_type="np")[0]  # float [F, H, W, 3] in [0, 1]
         return to_uint8(frames)
 
+    def _decode_video(self, latents: torch.Tensor, generator_state: torch.Tensor | None) -> torch.Tensor:
+        """The family's un-normalisation and VAE call, as its pipeline does it: [1, 3, F, H, W] in [-1, 1]."""
+        raise NotImplementedError
 
-    def _decode_with(self, decoder: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-        """diffusers' own decode loop, with ``decoder`` as the per-frame module."""
+    def _warm_up_generator_state(self) -> torch.Tensor | None:
+        return None
+
+    def _with_decoder(self, decoder: torch.nn.Module, function, *args):
+        """``function(*args)`` with ``decoder`` as the VAE's decoder module (diffusers' own decode loop around it)."""
         eager = self.vae.decoder
         self.vae.decoder = decoder
         try:
-            return self.vae.decode(z, return_dict=False)[0]
+            return function(*args)
         finally:
             self.vae.decoder = eager
 
 
-def _decode_shape(z: torch.Tensor) -> tuple:
+def _decode_shape(latents: torch.Tensor) -> tuple:
     # The frame count belongs in it: each frame's slice of the latents has strides that
     # depend on the whole length, and the compiled decoder is guarded on them.
-    return (*z.shape, z.dtype)
+    return (*latents.shape, latents.dtype)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> uint8, rounding to nearest (diffusers' export truncates)."""
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_vae_decoder(spec: ModelSpec, placement: StagePlacement | None = None, compile_decoder: bool = False):
+    from engine.families import family_of
+
+    return family_of(spec).vae_decoder(spec, placement or StagePlacement(), compile_decoder)

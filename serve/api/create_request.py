@@ -31,6 +31,7 @@ class CreateVideoFields(BaseModel):
     seed: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
     num_frames: int | None = None
     fps: int | None = None
     flow_shift: float | None = None
@@ -95,7 +96,8 @@ def parse_create_fields(data: dict[str, Any]) -> CreateVideoFields:
 def generation_request(fields: CreateVideoFields, image: bytes | None, spec: ModelSpec, request_id: str) -> GenerationRequest:
     """Translate the API's fields to the engine's and validate them against the model."""
     raw: dict[str, Any] = {"prompt": fields.prompt}
-    for name in ("negative_prompt", "seed", "num_inference_steps", "guidance_scale", "num_frames", "fps", "flow_shift"):
+    for name in ("negative_prompt", "seed", "num_inference_steps", "guidance_scale", "guidance_scale_2", "num_frames",
+                 "fps", "flow_shift"):
         value = getattr(fields, name)
         if value is not None:
             raw[name] = value

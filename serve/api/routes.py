@@ -125,15 +125,20 @@ def create_api(api_keys: ApiKeys | None = None) -> FastAPI:
         service = _service(request)
         return {
             "object": "list",
-            "data": [{"id": service.spec.name, "object": "model", "created": 0, "owned_by": "videoserve",
-                      "task": service.spec.task.value}],
+            "data": [
+                {"id": spec.name, "object": "model", "created": 0, "owned_by": "videoserve",
+                 # videoserve extensions: what the model does and which family runs it
+                 "tasks": sorted(task.value for task in spec.tasks), "family": spec.family,
+                 "default": spec.name == service.default_model}
+                for spec in service.specs.values()
+            ],
         }
 
     @api.get("/healthz")
     async def healthz(request: Request):
         service = _service(request)
         await asyncio.to_thread(service.store.count_by_status)  # the store answers
-        return {"status": "ok", "model": service.spec.name}
+        return {"status": "ok", "models": list(service.specs)}
 
     @api.get("/metrics")
     async def metrics(request: Request):

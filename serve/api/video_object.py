@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from engine.model_spec import ModelSpec
 from serve.job_store import JobRecord, JobStatus
 
 
@@ -39,7 +38,7 @@ class VideoObject(BaseModel):
     cancelled: bool = False
 
 
-def video_object(record: JobRecord, spec: ModelSpec, queue_position: int | None = None) -> VideoObject:
+def video_object(record: JobRecord, queue_position: int | None = None) -> VideoObject:
     engine_fields = record.params.get("engine", {})
     width, height = engine_fields.get("width"), engine_fields.get("height")
     fps = engine_fields.get("fps") or 1

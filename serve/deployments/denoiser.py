@@ -20,12 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from engine.denoise_engine import DenoiseEngine, DroppedEvent, FinishedEvent, InProcessExecutor, StepEvent
-from engine.parallel.rank_group_executor import RankFailed, RankGroupExecutor
 from engine.denoise_scheduler import SchedulerConfig
-from engine.initial_noise import initial_latents
-from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
-from engine.stages.denoiser import WanDenoiser
-from engine.stages.image_conditioner import image_embed_tokens
+from engine.parallel.rank_group_executor import RankFailed, RankGroupExecutor
+from engine.stage_types import GenerationRequest, ImageConditioning, TextEmbeddings
+from engine.stages.denoiser import load_denoiser
 from serve.deployments.model_stage import ModelThread, compile_for_default_size, load_stage_context
 from serve.object_handoff import ObjectHandoff
 
@@ -52,17 +50,18 @@ class DenoiseDone:
 
 
 class DenoiserDeployment:
-    def __init__(self, config: dict):
-        app_config, self.spec, placement = load_stage_context(config, "transformer")
+    """One model's Denoiser: every model of an app has its own, which scales on its own."""
+
+    def __init__(self, config: dict, model: str | None = None):
+        app_config, self.spec, placement = load_stage_context(config, "transformer", model)
         settings = app_config.denoiser
         self.request_timeout_s = settings.request_timeout_seconds
         self.model_thread = ModelThread(app_config.torch_threads)
         degree = app_config.parallel.degree
         if degree == 1:
-            denoiser = WanDenoiser(self.spec, placement, compile_transformer=settings.compile)
+            denoiser = load_denoiser(self.spec, placement, compile_transformer=settings.compile)
             if settings.compile:
-                image_tokens = image_embed_tokens(self.spec) if self.spec.is_image_to_video else None
-                compile_for_default_size(self.model_thread, "DiT", denoiser.warm_up_compiled, self.spec, image_tokens)
+                compile_for_default_size(self.model_thread, "DiT", denoiser.warm_up_compiled, self.spec)
             executor = InProcessExecutor(denoiser)
             self.peers = None
         else:
@@ -77,15 +76,7 @@ class DenoiserDeployment:
     async def denoise(
         self, request: GenerationRequest, text: TextEmbeddings, image: ImageConditioning | None
     ) -> AsyncIterator[DenoiseProgress | DenoiseDone]:
-        task = DenoiseTask(
-            request_id=request.request_id,
-            initial_latents=initial_latents(request, self.spec.geometry),
-            text=text,
-            image=image,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            flow_shift=request.flow_shift,
-        )
+        task = self.engine.executor.denoiser.prepare(request, text, image)
         events: asyncio.Queue = asyncio.Queue()
         self._sinks[task.request_id] = events
         deadline = time.monotonic() + self.request_timeout_s if self.request_timeout_s else None
@@ -153,9 +144,9 @@ class DenoiserDeployment:
         placement_group = get_current_placement_group()
         cpus_per_rank = placement_group.bundle_specs[0].get("CPU", 1) if placement_group else 1
         torch_threads = app_config.torch_threads or max(1, int(cpus_per_rank))
-        address, ranks = start_peer_ranks(config, degree, torch_threads)
+        address, ranks = start_peer_ranks(config, self.spec.name, degree, torch_threads)
         # Rank 0 joins here while the actors start: the rendezvous waits for all of them.
-        denoiser, communication = load_parallel_denoiser(config, 0, address)
+        denoiser, communication = load_parallel_denoiser(config, self.spec.name, 0, address)
         self.peers = RayPeerRanks(ranks)
         return RankGroupExecutor(denoiser, self.peers, communication)
 

@@ -17,35 +17,37 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from engine.parallel.communication_log import CommunicationLog
-from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
+from engine.families.family import Denoising
+from engine.parallel.parallel_dit import needs_deepspeed, parallelize_denoiser
 from engine.parallel.process_group import RankGroupAddress, join_rank_group
 from engine.parallel.rank_group_executor import RankFailed, RankMirror, StepMessage
-from engine.stages.denoiser import WanDenoiser
+from engine.stages.denoiser import load_denoiser
 
 logger = logging.getLogger("ray.serve")
 
 
-def load_parallel_denoiser(config: dict, rank: int, address: RankGroupAddress) -> tuple[WanDenoiser, CommunicationLog]:
-    """Join the group, load the DiT, split it: what every rank, 0 included, does at start-up."""
+def load_parallel_denoiser(config: dict, model: str, rank: int,
+                           address: RankGroupAddress) -> tuple[Denoising, CommunicationLog]:
+    """Join the group, load the DiT (every expert), split it: what every rank, 0 included, does at start-up."""
     from serve.deployments.model_stage import load_stage_context
 
-    app_config, spec, placement = load_stage_context(config, "transformer")
+    app_config, spec, placement = load_stage_context(config, "transformer", model)
     mode = app_config.parallel.mode
     join_rank_group(address, rank, placement.device, with_deepspeed=needs_deepspeed(mode))
-    denoiser = WanDenoiser(spec, placement)
+    denoiser = load_denoiser(spec, placement)
     communication = CommunicationLog()
-    parallelize_transformer(denoiser.transformer, mode, communication)
+    parallelize_denoiser(denoiser, mode, communication)
     return denoiser, communication
 
 
 @ray.remote(max_concurrency=2)  # ping() answers while apply() runs a step
 class DenoiserRank:
-    def __init__(self, config: dict, rank: int, address: RankGroupAddress, torch_threads: int):
+    def __init__(self, config: dict, model: str, rank: int, address: RankGroupAddress, torch_threads: int):
         import torch
 
         self.torch_threads = torch_threads
         torch.set_num_threads(torch_threads)
-        denoiser, _ = load_parallel_denoiser(config, rank, address)
+        denoiser, _ = load_parallel_denoiser(config, model, rank, address)
         self.mirror = RankMirror(denoiser)
 
     def ping(self) -> bool:
@@ -83,7 +85,7 @@ def rank_actor_name(app_name: str, replica_id: str, rank: int) -> str:
     return f"videoserve-denoiser-rank{rank}:{app_name}:{replica_id}"
 
 
-def start_peer_ranks(config: dict, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
+def start_peer_ranks(config: dict, model: str, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
     """Start ranks 1..degree-1, one per bundle of this replica's placement group."""
     from ray import serve
 
@@ -107,7 +109,7 @@ def start_peer_ranks(config: dict, degree: int, torch_threads: int) -> tuple[Ran
                 memory=bundle.pop("memory", None),
                 resources=bundle,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=index),
-            ).remote(config, index, address, torch_threads)
+            ).remote(config, model, index, address, torch_threads)
         )
     logger.info("Denoiser rank group of %d at %s:%d", degree, address.master_addr, address.master_port)
     return address, ranks

@@ -1,19 +1,19 @@
 from __future__ import annotations
 
 from engine.stage_types import GenerationRequest, ImageConditioning
-from engine.stages.image_conditioner import ImageConditioner
+from engine.stages.image_conditioner import load_image_conditioner
 from serve.conditioning_cache import first_frame_key, tensor_nbytes
 from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.deployments.stage_caches import FIRST_FRAME_CACHE, model_identity, open_stage_cache
 
 
 class ImageConditionerDeployment:
-    def __init__(self, config: dict):
-        app_config, spec, placement = load_stage_context(config, "image_encoder")
-        self.stage = ImageConditioner(spec, placement)
+    def __init__(self, config: dict, model: str | None = None):
+        app_config, spec, placement = load_stage_context(config, "image_encoder", model)
+        self.stage = load_image_conditioner(spec, placement)
         self.model_thread = ModelThread(app_config.torch_threads)
         self.cache = open_stage_cache(app_config, FIRST_FRAME_CACHE)
-        self.model_id = model_identity(spec, placement)
+        self.model_id = model_identity(spec, placement, "ImageConditioner")
 
     async def condition(self, request: GenerationRequest) -> ImageConditioning:
         def compute():

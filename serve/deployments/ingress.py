@@ -8,15 +8,15 @@ from pathlib import Path
 
 from ray import serve
 
-from engine.model_registry import resolve_model
 from serve.api.api_keys import api_keys_from_env
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.deployments.stage_caches import CACHE_NAMES, open_stage_cache
-from serve.job_runner import JobRunner, StageHandles
+from serve.job_runner import JobRunner, ModelRoute, StageHandles
 from serve.job_store import open_job_store
 from serve.metrics import STAGE_DEPLOYMENTS, VideoServeMetrics
+from serve.model_stages import served_spec
 from serve.video_service import VideoService
 from serve.webhooks import WebhookSender, WebhookSettings, configured_webhook_secret
 
@@ -31,19 +31,21 @@ def running_stage_replicas(app_name: str) -> dict[str, int]:
     application = serve.status().applications.get(app_name)
     if application is None:
         return {}
-    return {
-        stage: application.deployments[deployment].replica_states.get("RUNNING", 0)
-        for stage, deployment in STAGE_DEPLOYMENTS.items()
-        if deployment in application.deployments
-    }
+    running: dict[str, int] = {}
+    for stage, kind in STAGE_DEPLOYMENTS.items():
+        # A several-model app has one deployment of a kind per model or per shared weights.
+        deployments = [status for name, status in application.deployments.items()
+                       if name == kind or name.startswith(f"{kind}-")]
+        if deployments:
+            running[stage] = sum(status.replica_states.get("RUNNING", 0) for status in deployments)
+    return running
 
 
 # Late-bound: Serve builds the FastAPI app inside the replica, after __init__, through
 # __serve_build_asgi_app__, so the app and this replica's service are the same objects.
 @serve.ingress()
 class VideoAPIDeployment:
-    def __init__(self, config: dict, text_encoder, denoiser, vae_decoder, post_processor,
-                 image_conditioner=None, prompt_expander=None):
+    def __init__(self, config: dict, routes: dict[str, dict], post_processor, prompt_expander=None):
         app_config = AppConfig.model_validate(config)
         # Secrets first: a named but missing variable stops this replica before it serves anything.
         self.api_keys = api_keys_from_env(app_config.api.api_keys_env)
@@ -52,7 +54,15 @@ class VideoAPIDeployment:
             secret_env=app_config.webhooks.secret_env,
             generated_file=app_config.storage.resolved_state_dir() / "webhook_secret",
         )
-        spec = resolve_model(app_config.model, app_config.resolved_cache_dir())
+        # model -> its spec and the handles of its stages (serve/model_stages.py decides which).
+        model_routes = {
+            model: ModelRoute(
+                spec=served_spec(app_config, model),
+                handles=StageHandles(handles["TextEncoder"], handles["Denoiser"], handles["VaeDecoder"], post_processor,
+                                     handles.get("ImageConditioner"), prompt_expander),
+            )
+            for model, handles in routes.items()
+        }
         store = open_job_store(app_config.storage.resolved_job_store_url(),
                                password_env=app_config.storage.job_store_password_env)
         artifacts = ArtifactStore(Path(app_config.storage.resolved_artifact_dir()))
@@ -65,13 +75,13 @@ class VideoAPIDeployment:
             ),
             on_attempt=lambda event, outcome: metrics.webhook_deliveries.labels(event, outcome).inc(),
         )
-        handles = StageHandles(text_encoder, denoiser, vae_decoder, post_processor, image_conditioner, prompt_expander)
-        self.runner = JobRunner(app_config, spec, store, artifacts, handles, metrics, webhooks)
+        self.runner = JobRunner(app_config, model_routes, store, artifacts, metrics, webhooks)
         caches = {}
         if app_config.caches.enabled:
             caches = {name: open_stage_cache(app_config, name) for name in CACHE_NAMES}
         app_name = serve.get_replica_context().app_name
-        self.service = VideoService(app_config, spec, store, artifacts, metrics, self.runner,
+        specs = {model: route.spec for model, route in model_routes.items()}
+        self.service = VideoService(app_config, specs, store, artifacts, metrics, self.runner,
                                     expander_enabled=prompt_expander is not None, caches=caches,
                                     stage_replicas=lambda: running_stage_replicas(app_name))
         # Serve calls __init__ on the replica's event loop, so the runner can start now.

@@ -11,19 +11,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from engine.model_registry import resolve_model
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
+from serve.model_stages import served_spec
 
 T = TypeVar("T")
 
 logger = logging.getLogger("ray.serve")
 
 
-def load_stage_context(config: dict | AppConfig, component: str) -> tuple[AppConfig, ModelSpec, StagePlacement]:
+def load_stage_context(config: dict | AppConfig, component: str,
+                       model: str | None = None) -> tuple[AppConfig, ModelSpec, StagePlacement]:
+    """The app's config, the spec of ``model`` (default: the app's first), and where ``component`` runs."""
     app_config = config if isinstance(config, AppConfig) else AppConfig.model_validate(config)
-    spec = resolve_model(app_config.model, app_config.resolved_cache_dir())
+    spec = served_spec(app_config, model or app_config.model_names()[0])
     return app_config, spec, StagePlacement.default_for(component, app_config.resolved_device())
 
 

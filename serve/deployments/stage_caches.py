@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
@@ -29,6 +31,14 @@ def open_stage_cache(config: AppConfig, cache: str) -> ConditioningCache | None:
     return ConditioningCache(cache_actor_name(current_app_name(), cache), max_bytes)
 
 
-def model_identity(spec: ModelSpec, placement: StagePlacement) -> str:
-    """What a cached value depends on besides its inputs: the weights and their precision."""
-    return f"{spec.source}|{placement.dtype}"
+def model_identity(spec: ModelSpec, placement: StagePlacement, kind: str) -> str:
+    """What a cached value depends on besides its inputs: the weights and their precision.
+
+    Content-based where the weights are on this machine, so every model sharing an encoder
+    (all Wan models share UMT5) shares its cache entries too; else the model's source.
+    """
+    from serve.model_stages import stage_identity
+
+    identity = stage_identity(spec, kind)
+    weights = spec.source if identity is None else hashlib.sha256(repr(identity).encode()).hexdigest()
+    return f"{weights}|{placement.dtype}"

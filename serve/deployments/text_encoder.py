@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import torch
-
-from engine.stage_types import GenerationRequest, TextEmbeddings
+from engine.stage_types import EncodedText, GenerationRequest, TextEmbeddings
 from engine.stages.text_encoder import TextEncoder
 from serve.conditioning_cache import tensor_nbytes, text_embedding_key
 from serve.deployments.model_stage import ModelThread, load_stage_context
@@ -10,21 +8,23 @@ from serve.deployments.stage_caches import TEXT_CACHE, model_identity, open_stag
 
 
 class TextEncoderDeployment:
-    def __init__(self, config: dict):
-        app_config, spec, placement = load_stage_context(config, "text_encoder")
+    """One text encoder, for every model of the app whose text encoder it is (serve/model_stages.py)."""
+
+    def __init__(self, config: dict, model: str | None = None):
+        app_config, spec, placement = load_stage_context(config, "text_encoder", model)
         self.stage = TextEncoder(spec, placement)
         self.model_thread = ModelThread(app_config.torch_threads)
         self.cache = open_stage_cache(app_config, TEXT_CACHE)
-        self.model_id = model_identity(spec, placement)
+        self.model_id = model_identity(spec, placement, "TextEncoder")
         self.max_length = spec.geometry.text_max_length
 
     async def encode(self, request: GenerationRequest) -> TextEmbeddings:
         negative = None
         if request.uses_classifier_free_guidance:
             negative = await self.embed(request.negative_prompt)
-        return TextEmbeddings(prompt_embeds=await self.embed(request.prompt), negative_prompt_embeds=negative)
+        return TextEmbeddings.of(await self.embed(request.prompt), negative)
 
-    async def embed(self, text: str) -> torch.Tensor:
+    async def embed(self, text: str) -> EncodedText:
         # Model work runs off the event loop so the replica keeps answering health checks.
         def compute():
             return self.model_thread.run(self.stage.encode_text, text)
@@ -32,5 +32,5 @@ class TextEncoderDeployment:
         if self.cache is None:
             return await compute()
         key = text_embedding_key(self.model_id, text, self.max_length)
-        embeds, _ = await self.cache.get_or_compute(key, compute, tensor_nbytes)
-        return embeds.to(self.stage.placement.device)
+        encoded, _ = await self.cache.get_or_compute(key, compute, tensor_nbytes)
+        return encoded

@@ -7,6 +7,12 @@ serveConfigV2, built from files/serve-defaults.yaml (generated from the Python c
   models, PromptExpander when args.prompt_expander.model is set), each the code's
   default options with serve.deployments.<Name> merged over them, pinned to its worker
   group's Ray resource, the Denoiser given one bundle per rank (_placement.tpl).
+- several models (serve.args.models longer than one): which model stages share weights
+  is decided in Python from the checkpoints themselves, so the chart cannot name them.
+  The per-kind options (the same merge, pinning and bundles) then go into
+  args.stage_options, which the builder applies to every deployment of each kind, and
+  the deployments list holds the deployments an app has once (VideoAPI, PostProcessor,
+  PromptExpander).
 
 Nothing here restates a deployment option: the defaults come from the generated file.
 */}}
@@ -53,23 +59,45 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- include "videoserve.deepMerge" (dict "base" (include "videoserve.chartArgs" . | fromJson) "extra" .Values.serve.args) -}}
 {{- end -}}
 
+{{/* The app's model sources (serve.args.models: strings or {source, name, ...}), as a JSON list. */}}
+{{- define "videoserve.modelSources" -}}
+{{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- $sources := list -}}
+{{- range $model := (index $args "models" | default (list $defaults.default_model)) -}}
+  {{- if kindIs "map" $model -}}
+    {{- $sources = append $sources (index $model "source") -}}
+  {{- else -}}
+    {{- $sources = append $sources $model -}}
+  {{- end -}}
+{{- end -}}
+{{- toJson $sources -}}
+{{- end -}}
+
 {{/* deployment_names(AppConfig(args)), as a JSON list. */}}
 {{- define "videoserve.deploymentNames" -}}
 {{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
 {{- $args := include "videoserve.appArgs" . | fromJson -}}
-{{- $model := index $args "model" | default $defaults.default_model -}}
-{{- $imageToVideo := false -}}
-{{- if has $model $defaults.image_to_video_models -}}
-  {{- $imageToVideo = true -}}
-{{- else if has $model $defaults.text_to_video_models -}}
-  {{- if .Values.serve.imageToVideo -}}
-    {{- fail (printf "serve.imageToVideo is true but serve.args.model %s is a text-to-video preset; the flag is for model directories that hold an image-to-video pipeline" $model) -}}
+{{- $sources := include "videoserve.modelSources" . | fromJsonArray -}}
+{{- $names := $defaults.app_deployments_before -}}
+{{- if eq (len $sources) 1 -}}
+  {{- $model := first $sources -}}
+  {{- $imageToVideo := false -}}
+  {{- if hasKey $defaults.preset_tasks $model -}}
+    {{- $imageToVideo = has "i2v" (index $defaults.preset_tasks $model) -}}
+    {{- if and .Values.serve.imageToVideo (not $imageToVideo) -}}
+      {{- fail (printf "serve.imageToVideo is true but serve.args.models[0] %s is a text-to-video preset; the flag is for model directories that can run image-to-video" $model) -}}
+    {{- end -}}
+  {{- else -}}
+    {{- $imageToVideo = .Values.serve.imageToVideo -}}
   {{- end -}}
-{{- else -}}
-  {{- $imageToVideo = .Values.serve.imageToVideo -}}
+  {{- range $kind := $defaults.model_stage_kinds -}}
+    {{- if or $imageToVideo (not (has $kind $defaults.image_to_video_stage_kinds)) -}}
+      {{- $names = append $names $kind -}}
+    {{- end -}}
+  {{- end -}}
 {{- end -}}
-{{- $names := $defaults.always_deployed -}}
-{{- if $imageToVideo -}}{{- $names = concat $names $defaults.image_to_video_deployments -}}{{- end -}}
+{{- $names = concat $names $defaults.app_deployments_after -}}
 {{- if dig "prompt_expander" "model" "" $args -}}{{- $names = concat $names $defaults.prompt_expander_deployments -}}{{- end -}}
 {{- toJson $names -}}
 {{- end -}}
@@ -130,8 +158,18 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- range $name := include "videoserve.deploymentNames" . | fromJsonArray -}}
   {{- $deployments = append $deployments (include "videoserve.deploymentOptions" (dict "root" $ "name" $name "degree" $degree "defaults" $defaults) | fromJson) -}}
 {{- end -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- if gt (len (include "videoserve.modelSources" . | fromJsonArray)) 1 -}}
+  {{- $stageOptions := dict -}}
+  {{- range $kind := $defaults.model_stage_kinds -}}
+    {{- $options := include "videoserve.deploymentOptions" (dict "root" $ "name" $kind "degree" $degree "defaults" $defaults) | fromJson -}}
+    {{- $_ := unset $options "name" -}}
+    {{- $_ := set $stageOptions $kind $options -}}
+  {{- end -}}
+  {{- $_ := set $args "stage_options" (include "videoserve.deepMerge" (dict "base" $stageOptions "extra" (index $args "stage_options")) | fromJson) -}}
+{{- end -}}
 {{- $application := deepCopy $defaults.application -}}
-{{- $_ := set $application "args" (include "videoserve.appArgs" . | fromJson) -}}
+{{- $_ := set $application "args" $args -}}
 {{- $_ := set $application "deployments" $deployments -}}
 {{- $http := deepCopy $defaults.http_options -}}
 {{- $_ := set $http "port" (int .Values.service.port) -}}

@@ -1,0 +1,37 @@
+"""LTX-Video's T5 text encoder: one text -> its embeddings and attention mask, padded to 128 tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.model_registry import local_model_directory
+from engine.model_spec import ModelSpec
+from engine.stage_placement import StagePlacement
+from engine.stage_types import EncodedText
+
+
+class LTXTextEncoder:
+    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None):
+        from diffusers import LTXPipeline
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.spec = spec
+        self.placement = placement or StagePlacement()
+        root = local_model_directory(spec, "tokenizer", "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        text_encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder",
+                                                      torch_dtype=self.placement.torch_dtype)
+        text_encoder.to(self.placement.device).eval()
+        # diffusers' own prompt code on a pipeline holding only the text components.
+        self._pipeline = LTXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=None,
+                                     transformer=None)
+
+    @torch.no_grad()
+    def encode_text(self, text: str) -> EncodedText:
+        embeds, mask, _, _ = self._pipeline.encode_prompt(
+            prompt=text,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.spec.geometry.text_max_length,
+            device=torch.device(self.placement.device),
+        )
+        return EncodedText(embeds=embeds, attention_mask=mask)
