@@ -332,7 +332,7 @@ class ScriptedVideoServer:
 
             def do_GET(self):
                 if self.path == "/v1/models":
-                    return self._json(200, {"object": "list", "data": [{"id": "scripted", "task": server.task}]})
+                    return self._json(200, {"object": "list", "data": [{"id": "scripted", "tasks": [server.task]}]})
                 if self.path == "/metrics":
                     return self._text(server.metrics_text())
                 if self.path.endswith("/events"):
@@ -620,3 +620,22 @@ def test_diffusers_baseline_runs_the_workload_and_simulates_fifo(tiny_spec, pres
     with pytest.raises(ValueError, match="i2v_fraction"):
         run_baseline("tiny", build_workload(WorkloadMix(i2v_fraction=1.0, sizes={"32x32": 1}), 1, seed=0),
                      preset_cache)
+
+
+def test_model_memory_counts_the_published_architectures_and_their_gang_shares():
+    from benchmarks.model_memory import model_memory
+
+    report = model_memory(ranks=4)
+    wan14b = report["wan2.1-t2v-14b"]["components"]["transformer"]
+    a14b = report["wan2.2-t2v-a14b"]["components"]["transformer"]
+    assert 14.0e9 < wan14b["parameters"] < 14.6e9  # "14B"
+    assert a14b["parameters"] == 2 * wan14b["parameters"] and a14b["copies"] == 2
+    assert 4.5e9 < report["wan2.2-ti2v-5b"]["components"]["transformer"]["parameters"] < 5.5e9  # "5B"
+    # Tensor parallel keeps a quarter of the split linears and all of the rest: a little over 1/4.
+    share = a14b["tensor_parallel_gib_per_rank"] / a14b["gib"]
+    assert 0.25 < share < 0.27
+    assert a14b["ulysses_gib_per_rank"] == a14b["gib"]
+    assert "tensor_parallel_gib_per_rank" not in report["ltx-video"]["components"]["transformer"]
+    # Every Wan model shares the one UMT5-XXL encoder: the same bytes everywhere.
+    encoders = {entry["components"]["text_encoder"]["gib"] for name, entry in report.items() if name.startswith("wan")}
+    assert len(encoders) == 1
