@@ -1,15 +1,16 @@
 """Step-level continuous batching: scheduler -> executor -> update, one step per call.
 
-The engine owns no model: the executor runs the step (in this process now; on a gang of
+The engine owns no model: the executor runs the step (in this process; on a gang of
 ranks with the parallel DiT), the scheduler decides who runs. ``step()`` is the whole
-loop body, so the Denoiser deployment's loop is "call step() while there is work".
-Requests join and leave between steps; an abort or a passed deadline takes effect at the
-next step.
+loop body. Requests join and leave between steps; an abort or a passed deadline takes
+effect at the next step.
+
+One thread drives an engine: every method, adds and aborts included, is called from it
+(engine/async_denoise_engine.py queues them to its step thread), so nothing here locks.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,8 +92,6 @@ class DenoiseEngine:
         self.scheduler = DenoiseScheduler(config)
         self._clock = clock
         self._states: dict[str, DenoiseState] = {}
-        # add/abort come from the serving event loop while step() runs in a worker thread.
-        self._lock = threading.Lock()
 
     def add_request(self, task: DenoiseTask, deadline: float | None = None) -> None:
         state = self.executor.start(task)
@@ -107,30 +106,25 @@ class DenoiseEngine:
             # Two-expert models: requests share a forward only on the same expert.
             step_keys=state.experts if denoiser.spec.experts > 1 else None,
         )
-        with self._lock:
-            self.scheduler.add_request(request)
-            self._states[task.request_id] = state
+        self.scheduler.add_request(request)
+        self._states[task.request_id] = state
 
     def abort_request(self, request_id: str) -> bool:
-        with self._lock:
-            return self.scheduler.abort_request(request_id)
+        return self.scheduler.abort_request(request_id)
 
     def has_unfinished(self) -> bool:
-        with self._lock:
-            return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished()
 
     def load(self) -> SchedulerLoad:
-        with self._lock:
-            return self.scheduler.load()
+        return self.scheduler.load()
 
     def step(self) -> list[EngineEvent]:
-        with self._lock:
-            output = self.scheduler.schedule(self._clock())
-            dropped = [(rid, "expired") for rid in output.expired] + [(rid, "aborted") for rid in output.aborted]
-            for request_id, _ in dropped:
-                self._states.pop(request_id, None)
-                self.executor.release(request_id)
-            states = [self._states[request_id] for request_id in output.request_ids]
+        output = self.scheduler.schedule(self._clock())
+        dropped = [(rid, "expired") for rid in output.expired] + [(rid, "aborted") for rid in output.aborted]
+        for request_id, _ in dropped:
+            self._states.pop(request_id, None)
+            self.executor.release(request_id)
+        states = [self._states[request_id] for request_id in output.request_ids]
         events: list[EngineEvent] = [DroppedEvent(request_id, reason) for request_id, reason in dropped]
         if not states:
             return events
@@ -138,17 +132,15 @@ class DenoiseEngine:
         try:
             self.executor.execute(states)
         except Exception as error:  # a failed step fails its requests, not the engine
-            with self._lock:
-                self.scheduler.update_from_output(output, StepResult(()))
-                for request_id in output.request_ids:
-                    self.scheduler.abort_request(request_id)
-                    self._states.pop(request_id, None)
-                    self.executor.release(request_id)
+            self.scheduler.update_from_output(output, StepResult(()))
+            for request_id in output.request_ids:
+                self.scheduler.abort_request(request_id)
+                self._states.pop(request_id, None)
+                self.executor.release(request_id)
             return events + [DroppedEvent(rid, f"failed: {error!r}") for rid in output.request_ids]
         elapsed = time.perf_counter() - started
-        with self._lock:
-            finished = self.scheduler.update_from_output(output, StepResult(output.request_ids))
-            finished_states = {request_id: self._states.pop(request_id) for request_id in finished}
+        finished = self.scheduler.update_from_output(output, StepResult(output.request_ids))
+        finished_states = {request_id: self._states.pop(request_id) for request_id in finished}
         communication = self.executor.last_step_communication
         events += [
             StepEvent(state.task.request_id, state.steps_done, state.total_steps, elapsed, len(states), communication)

@@ -52,3 +52,32 @@ def test_parallel_engine_matches_one_rank(world_size, models, preset_specs, pres
         assert all(step_bytes > 0 for step_bytes in result["step_bytes"]), case
         if "moe" in case:  # both experts ran, each split over the ranks
             assert result["experts_used"] == [0, 1], case
+
+
+def test_requests_started_while_steps_run_reach_every_rank_of_a_gang(preset_specs, preset_cache, tmp_path):
+    """Adds are queued to the engine's step thread, so none can slip between a step message
+    being built and the executor forgetting what it sent (the race of the locked engine)."""
+    from tests.async_engine_ranks import REQUESTS as REQUEST_COUNT
+
+    preset_specs["tiny"]
+    output = tmp_path / "report.json"
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    ranks = [
+        subprocess.Popen([sys.executable, "-m", "tests.async_engine_ranks", str(rank), "2", str(port),
+                          str(preset_cache), str(output)], cwd=REPO_ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    logs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), "\n\n".join(log[-3000:] for log in logs)
+    report = json.loads(output.read_text())
+    expected = sorted(f"r{index}" for index in range(REQUEST_COUNT))
+    assert report["finished"] == expected
+    assert report["sent_to_peers"] == expected
+    assert report["unsent_batch_members"] == []
+    assert max(report["batch_sizes"]) > 1  # requests joined running batches
+    assert report["latent_max_abs_diff"] <= 1e-4
+    # Starts, releases and steps all ran on the engine's step thread, never on the caller's.
+    assert report["executor_threads"] == 1
+    assert report["executor_on_event_loop_thread"] is False

@@ -8,6 +8,7 @@ health check fails after a rank died) its placement group and every rank go with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -20,13 +21,15 @@ from engine.parallel.communication_log import CommunicationLog
 from engine.families.family import Denoising
 from engine.parallel.parallel_dit import needs_deepspeed, parallelize_denoiser
 from engine.parallel.process_group import RankGroupAddress, join_rank_group
-from engine.parallel.rank_group_executor import RankFailed, RankMirror, StepMessage
-from engine.stages.denoiser import load_denoiser
+from engine.denoise_engine import StepEvent
+from engine.parallel.rank_group_executor import RankFailed, RankGroupExecutor, RankMirror, StepMessage
+from engine.stages.loading import load_denoiser
+from serve.app_config import AppConfig
 
 logger = logging.getLogger("ray.serve")
 
 
-def load_parallel_denoiser(config: dict, model: str, rank: int,
+def load_parallel_denoiser(config: AppConfig, model: str, rank: int,
                            address: RankGroupAddress) -> tuple[Denoising, CommunicationLog]:
     """Join the group, load the DiT (every expert), split it: what every rank, 0 included, does at start-up."""
     from serve.deployments.model_stage import load_stage_context
@@ -42,7 +45,7 @@ def load_parallel_denoiser(config: dict, model: str, rank: int,
 
 @ray.remote(max_concurrency=2)  # ping() answers while apply() runs a step
 class DenoiserRank:
-    def __init__(self, config: dict, model: str, rank: int, address: RankGroupAddress, torch_threads: int):
+    def __init__(self, config: AppConfig, model: str, rank: int, address: RankGroupAddress, torch_threads: int):
         import torch
 
         self.torch_threads = torch_threads
@@ -80,12 +83,43 @@ class RayPeerRanks:
         return [rank.ping.remote() for rank in self.ranks]
 
 
+def start_rank_group(app_config: AppConfig, model: str, degree: int) -> tuple[RankGroupExecutor, RayPeerRanks]:
+    """Rank 0's side of a gang: start ranks 1..N-1, join them here, and drive them with an executor."""
+    placement_group = get_current_placement_group()
+    cpus_per_rank = placement_group.bundle_specs[0].get("CPU", 1) if placement_group else 1
+    torch_threads = app_config.torch_threads or max(1, int(cpus_per_rank))
+    address, ranks = start_peer_ranks(app_config, model, degree, torch_threads)
+    # Rank 0 joins here while the actors start: the rendezvous waits for all of them.
+    denoiser, communication = load_parallel_denoiser(app_config, model, 0, address)
+    peers = RayPeerRanks(ranks)
+    return RankGroupExecutor(denoiser, peers, communication), peers
+
+
+async def check_rank_group(executor: RankGroupExecutor, peers: RayPeerRanks) -> None:
+    """Raise once any rank has died, failed a step or stopped answering."""
+    if executor.broken:
+        raise RuntimeError(f"Denoiser rank group failed: {executor.failure!r}")
+    try:
+        await asyncio.wait_for(asyncio.gather(*peers.ping_refs()), timeout=30)
+    except Exception as error:
+        executor.failure = error
+        raise RuntimeError(f"a Denoiser rank is unreachable: {error!r}") from error
+
+
+def log_step_communication(events) -> None:
+    """What the gang's collectives moved in a step, for operators tuning the parallel mode."""
+    step = next((event for event in events if isinstance(event, StepEvent)), None)
+    if step is not None:
+        logger.info("denoise step: batch %d, %.3fs, communication %s", step.batch_size, step.step_seconds,
+                    step.communication.bytes_by_kind)
+
+
 def rank_actor_name(app_name: str, replica_id: str, rank: int) -> str:
     """Names say whose rank an actor is (operators and the fault test find them by it)."""
     return f"videoserve-denoiser-rank{rank}:{app_name}:{replica_id}"
 
 
-def start_peer_ranks(config: dict, model: str, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
+def start_peer_ranks(config: AppConfig, model: str, degree: int, torch_threads: int) -> tuple[RankGroupAddress, list[Any]]:
     """Start ranks 1..degree-1, one per bundle of this replica's placement group."""
     from ray import serve
 

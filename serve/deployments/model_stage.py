@@ -21,10 +21,11 @@ T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
 
 
-def load_stage_context(config: dict | AppConfig, component: str,
+def load_stage_context(app_config: AppConfig, component: str,
                        model: str | None = None) -> tuple[AppConfig, ModelSpec, StagePlacement]:
     """The app's config, the spec of ``model`` (default: the app's first), and where ``component`` runs."""
-    app_config = config if isinstance(config, AppConfig) else AppConfig.model_validate(config)
+    if not isinstance(app_config, AppConfig):  # validated once, at the edge (build_app)
+        raise TypeError(f"stages are built from an AppConfig (got a {type(app_config).__name__})")
     spec = served_spec(app_config, model or app_config.model_names()[0])
     return app_config, spec, StagePlacement.default_for(component, app_config.resolved_device())
 
@@ -41,7 +42,7 @@ class ModelThread:
 
     def __init__(self, torch_threads: int | None):
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="model", initializer=_set_torch_threads, initargs=(torch_threads,)
+            max_workers=1, thread_name_prefix="model", initializer=set_torch_threads, initargs=(torch_threads,)
         )
 
     async def run(self, function: Callable[..., T], *args) -> T:
@@ -52,7 +53,8 @@ class ModelThread:
         return self._executor.submit(function, *args).result()
 
 
-def _set_torch_threads(torch_threads: int | None) -> None:
+def set_torch_threads(torch_threads: int | None) -> None:
+    """Set torch's thread count for the calling thread (a replica's model or engine thread)."""
     import torch
 
     # Unset: what Ray gave this actor (OMP_NUM_THREADS follows ray_actor_options.num_cpus),
