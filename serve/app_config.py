@@ -50,6 +50,11 @@ class JobsConfig(_Strict):
     lease_seconds: float = Field(30.0, gt=0, description="A job whose worker stops renewing for this long is resumed elsewhere.")
     max_attempts: int = Field(3, ge=1, description="Runs of one job before it ends failed.")
     poll_interval_seconds: float = Field(0.2, gt=0)
+    progress_write_interval_seconds: float = Field(
+        1.0, ge=0,
+        description="Denoising steps reach event streams and metrics as they run; the stored record is written at "
+                    "stage changes and at most this often in between (0: every step).",
+    )
 
 
 class ApiConfig(_Strict):

@@ -8,10 +8,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engine.post_processing.post_processor import FRAMES_FILE, THUMBNAIL_FILE, VIDEO_FILE
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 INPUT_IMAGE = "input_image"
-VARIANT_FILES = {"video": "video.mp4", "thumbnail": "thumbnail.jpg", "frames": "frames.npy"}
+# The post-processor names the files it writes; the store only maps the API's variants to them.
+VARIANT_FILES = {"video": VIDEO_FILE, "thumbnail": THUMBNAIL_FILE, "frames": FRAMES_FILE}
 VARIANT_MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/jpeg", "frames": "application/x-npy"}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
@@ -11,15 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.model_spec import ModelSpec
-from serve.api.create_request import CreateVideoFields, check_options, generation_request
-from serve.api.errors import APIError
+from engine.stage_types import GenerationRequest
 from serve.api.video_object import VideoObject, video_object
 from serve.app_config import AppConfig
 from serve.artifact_store import VARIANT_FILES, ArtifactStore
-from serve.job_runner import JobRunner
-from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
-from serve.job_updates import JobUpdates
+from serve.jobs.runner import JobRunner
+from serve.jobs.spec import JobSpec, PostProcessing
+from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.jobs.updates import JobUpdates
 from serve.metrics import VideoServeMetrics
+from serve.service_errors import InvalidField, NotFound, NotReady, Overloaded
 
 logger = logging.getLogger("videoserve.metrics")
 
@@ -52,24 +52,24 @@ class VideoService:
         """The spec of a request's ``model`` (the default when it names none)."""
         spec = self.specs.get(model or self.default_model)
         if spec is None:
-            raise APIError(404, f"model {model!r} is not served here; this server serves "
-                                f"{', '.join(repr(name) for name in self.specs)}", param="model", code="model_not_found")
+            raise NotFound(f"model {model!r} is not served here; this server serves "
+                           f"{', '.join(repr(name) for name in self.specs)}", param="model", code="model_not_found")
         return spec
 
-    async def create(self, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
-        spec = self.model_spec(fields.model)
-        job_id = f"video_{uuid.uuid4().hex}"
-        request = generation_request(fields, image, spec, job_id)
-        options = check_options(fields, request, self.expander_enabled, self.learned_upscale_factor)
+    @staticmethod
+    def new_job_id() -> str:
+        return f"video_{uuid.uuid4().hex}"
+
+    async def create(self, request: GenerationRequest, options: PostProcessing,
+                     webhook_url: str | None = None) -> VideoObject:
+        """Queue a validated request (its id from ``new_job_id``): durable before this returns."""
+        spec = self.model_spec(request.model)
+        job_id = request.request_id
         counts = await asyncio.to_thread(self.store.count_by_status)
         if counts.get(JobStatus.QUEUED, 0) >= self.config.jobs.max_queued:
-            raise APIError(429, f"{self.config.jobs.max_queued} jobs are already queued; retry later",
-                           code="queue_full", headers={"Retry-After": "5"})
-        engine_fields = {
-            field.name: getattr(request, field.name)
-            for field in dataclasses.fields(request)
-            if field.name not in ("request_id", "model", "task", "image")
-        }
+            raise Overloaded(f"{self.config.jobs.max_queued} jobs are already queued; retry later",
+                             retry_after_seconds=5, code="queue_full")
+        spec_of_job = JobSpec.of(request, options, webhook_url=webhook_url)
         now = time.time()
         image_path = None
         if request.image is not None:
@@ -79,9 +79,9 @@ class VideoService:
             model=spec.name,
             created_at=now,
             updated_at=now,
-            params={"engine": engine_fields, "options": options},
+            params=spec_of_job.stored(),
             input_image_path=image_path,
-            webhook_url=fields.webhook_url,
+            webhook_url=webhook_url,
             seed=request.seed,
             total_steps=request.num_inference_steps,
         )
@@ -93,7 +93,7 @@ class VideoService:
     async def get(self, job_id: str) -> JobRecord:
         record = await asyncio.to_thread(self.store.get, job_id) if _looks_like_id(job_id) else None
         if record is None:
-            raise APIError(404, f"no video with id {job_id!r}", param="video_id", code="not_found")
+            raise NotFound(f"no video with id {job_id!r}", param="video_id", code="not_found")
         return record
 
     async def describe(self, record: JobRecord) -> VideoObject:
@@ -106,7 +106,7 @@ class VideoService:
         try:
             records, has_more = await asyncio.to_thread(self.store.list, after=after, limit=limit, order=order)
         except KeyError:
-            raise APIError(404, f"no video with id {after!r} to list after", param="after", code="not_found") from None
+            raise NotFound(f"no video with id {after!r} to list after", param="after", code="not_found") from None
         return [video_object(record) for record in records], has_more
 
     async def delete(self, job_id: str) -> None:
@@ -124,14 +124,14 @@ class VideoService:
     async def content_path(self, job_id: str, variant: str) -> Path:
         record = await self.get(job_id)
         if variant not in VARIANT_FILES:
-            raise APIError(400, f"variant: must be one of {', '.join(VARIANT_FILES)} (got {variant!r})",
-                           param="variant", code="invalid_value")
+            raise InvalidField(f"variant: must be one of {', '.join(VARIANT_FILES)} (got {variant!r})",
+                               param="variant", code="invalid_value")
         if record.status is not JobStatus.COMPLETED:
-            raise APIError(409, f"video {job_id} is {record.status.value}; content is available once it is completed",
+            raise NotReady(f"video {job_id} is {record.status.value}; content is available once it is completed",
                            code="video_not_ready")
         path = record.artifacts.get(variant)
         if path is None or not Path(path).is_file():
-            raise APIError(404, f"video {job_id} has no {variant} content", param="variant", code="not_found")
+            raise NotFound(f"video {job_id} has no {variant} content", param="variant", code="not_found")
         return Path(path)
 
     async def refresh_scraped_metrics(self) -> None:

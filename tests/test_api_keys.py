@@ -14,7 +14,8 @@ from serve.api.api_keys import ApiKeys, api_keys_from_env
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.job_store import JobStatus, open_job_store
+from serve.jobs.open_store import open_job_store
+from serve.jobs.store import JobStatus
 from serve.metrics import VideoServeMetrics
 from serve.secret_env import MissingSecretError
 from serve.video_service import VideoService

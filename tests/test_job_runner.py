@@ -13,12 +13,13 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from serve.api.create_request import parse_create_fields
+from serve.api.create_request import create_from_fields, parse_create_fields
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.job_runner import JobRunner, ModelRoute, StageHandles
-from serve.job_store import JobRecord, JobStatus, open_job_store
+from serve.jobs.runner import JobRunner, ModelRoute, StageHandles
+from serve.jobs.open_store import open_job_store
+from serve.jobs.store import JobRecord, JobStatus
 from serve.metrics import VideoServeMetrics
 from serve.video_service import VideoService
 
@@ -30,9 +31,9 @@ class _CrashingStage:
 
     def remote(self, *args):
         _CrashingStage.calls += 1
-        return self
+        return self._crash()  # awaited by the runner as a DeploymentResponse is
 
-    async def _to_object_ref(self):
+    async def _crash(self):
         raise RuntimeError("text encoder replica crashed")
 
 
@@ -94,7 +95,7 @@ def test_jobs_queued_through_this_replica_are_claimed_without_waiting_for_the_po
         runner.start()
         await asyncio.sleep(0.1)  # the claim loop has found nothing and waits
         try:
-            created = await service.create(parse_create_fields({"prompt": "a"}), None)
+            created = await create_from_fields(service, parse_create_fields({"prompt": "a"}), None)
             while store.get(created.id).status is not JobStatus.FAILED:
                 await asyncio.sleep(0.02)
             return created.id
@@ -138,3 +139,113 @@ def test_finished_jobs_are_never_claimed(tmp_path, tiny_spec, status):
     _queued_job(tiny_spec, store, "video_done")
     store.update("video_done", status=status)
     assert store.claim("runner", lease_seconds=5) is None
+
+
+class _ManualClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Call:
+    """A stage method's handle shape: ``.remote(...)`` gives an awaitable result."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def remote(self, *args):
+        async def answer():
+            return self.result
+
+        return answer()
+
+
+class _SteppingDenoiser:
+    """Stands in for the Denoiser's streaming handle: ``steps`` progress events, each
+    ``step_seconds`` apart on the runner's injected clock, then the latents."""
+
+    def __init__(self, clock: _ManualClock, steps: int, step_seconds: float):
+        self.clock, self.steps, self.step_seconds = clock, steps, step_seconds
+
+    def options(self, stream: bool):
+        assert stream
+        return self
+
+    @property
+    def denoise(self):
+        return self
+
+    def remote(self, *args):
+        from engine.async_denoise_engine import DenoiseDone, DenoiseProgress
+
+        outer = self
+
+        class Stream:
+            def cancel(self):
+                pass
+
+            async def __aiter__(self):
+                for step in range(1, outer.steps + 1):
+                    outer.clock.now += outer.step_seconds
+                    yield DenoiseProgress(step, outer.steps, outer.step_seconds, 1)
+                yield DenoiseDone("latents")
+
+        return Stream().__aiter__()
+
+
+class _CountingStore:
+    """The real SQLite store, counting the writes of the denoising stage."""
+
+    def __init__(self, store):
+        self._store = store
+        self.denoiser_writes = 0
+
+    def update(self, job_id, **changes):
+        if changes.get("stage") == "denoiser":
+            self.denoiser_writes += 1
+        return self._store.update(job_id, **changes)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize(("interval", "durable_writes"), [(1.0, 3), (0.0, 10)])
+def test_denoising_progress_is_written_at_most_once_per_interval_and_pushed_every_step(
+        tmp_path, tiny_spec, interval, durable_writes):
+    # Ten steps 0.3 s apart on the injected clock, written every 1.0 s: at the first step
+    # (the stage change), then at steps 5 and 9 (1.2 s after the last write); 0 writes each.
+    from engine.post_processing.post_processor import PostProcessResult
+
+    config, real_store, metrics, artifacts = _service(tmp_path, tiny_spec, progress_write_interval_seconds=interval)
+    store = _CountingStore(real_store)
+    _queued_job(tiny_spec, real_store)
+    clock = _ManualClock()
+    result = PostProcessResult(str(tmp_path / "v.mp4"), str(tmp_path / "t.webp"), None, 5, 32, 32, 16)
+    handles = StageHandles(text_encoder=type("T", (), {"encode": _Call("text")})(),
+                           denoiser=_SteppingDenoiser(clock, steps=10, step_seconds=0.3),
+                           vae_decoder=type("V", (), {"decode": _Call("frames")})(),
+                           post_processor=type("P", (), {"process": _Call(result)})())
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics,
+                       webhooks=None, clock=clock)
+    pushed_steps = []
+
+    async def run_until_final():
+        with runner.updates.follow("video_poisoned") as pushed:
+            runner.start()
+            try:
+                while True:
+                    record = await asyncio.wait_for(pushed.get(), 30)
+                    if record.stage == "denoiser":
+                        pushed_steps.append(record.step)
+                    if record.status is JobStatus.COMPLETED:
+                        return
+            finally:
+                await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    assert real_store.get("video_poisoned").status is JobStatus.COMPLETED
+    assert store.denoiser_writes == durable_writes
+    assert pushed_steps == list(range(1, 11))  # every step reached the job's event streams
+    assert metrics.steps._value.get() == 10

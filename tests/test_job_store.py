@@ -14,7 +14,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from serve.job_store import JobExistsError, JobRecord, JobStatus, JobStore, TERMINAL_STATUSES, open_job_store
+from serve.jobs.open_store import open_job_store
+from serve.jobs.store import JobExistsError, JobRecord, JobStatus, JobStore, TERMINAL_STATUSES
 from tests.conftest import REPO_ROOT, run_python
 from tests.redis_server import redis_server, running_redis_server  # noqa: F401
 
@@ -112,7 +113,7 @@ def test_a_new_store_instance_sees_what_the_first_wrote(store_url: str):
 def test_create_is_durable_even_if_the_writer_is_killed_right_after(store_url: str):
     code = (
         "import os, signal\n"
-        "from serve.job_store import JobRecord, open_job_store\n"
+        "from serve.jobs.store import JobRecord\nfrom serve.jobs.open_store import open_job_store\n"
         f"store = open_job_store({store_url!r})\n"
         f"store.create(JobRecord(id='video_killed', model='tiny', created_at={T0!r}, updated_at={T0!r}))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -350,7 +351,7 @@ def test_threads_claiming_together_get_every_job_exactly_once(store: JobStore):
 
 _CLAIMING_PROCESS = """
 import json, pathlib, sys, time
-from serve.job_store import open_job_store
+from serve.jobs.open_store import open_job_store
 url, owner, ready, go = sys.argv[1:5]
 store = open_job_store(url)
 pathlib.Path(ready).touch()

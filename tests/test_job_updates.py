@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from serve.job_store import JobRecord, JobStatus
-from serve.job_updates import FOLLOWER_BACKLOG, JobUpdates
+from serve.jobs.store import JobRecord, JobStatus
+from serve.jobs.updates import FOLLOWER_BACKLOG, JobUpdates
 
 
 def _record(job_id: str, status: JobStatus = JobStatus.IN_PROGRESS, step: int = 0) -> JobRecord:

@@ -100,7 +100,7 @@ def test_parallel_replica_output_equals_one_rank(parallel_cluster, tiny_pipeline
 
 
 def test_killing_a_rank_mid_job_replaces_the_gang_and_the_job_completes(parallel_cluster):
-    from serve.job_store import open_job_store
+    from serve.jobs.open_store import open_job_store
 
     client = _client(parallel_cluster, "tp")
     ranks_before = _rank_actors("tp")

@@ -424,7 +424,8 @@ def test_a_job_accepted_before_a_full_restart_completes_after_it(cluster):
     from ray import serve
 
     from serve.cluster_launcher import deploy
-    from serve.job_store import JobStatus, open_job_store
+    from serve.jobs.open_store import open_job_store
+    from serve.jobs.store import JobStatus
 
     client = openai_client(cluster)
     video = client.videos.create(prompt="survives a restart", size=LONG_JOB["size"],

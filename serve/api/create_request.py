@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -12,10 +12,15 @@ from engine.model_spec import ModelSpec
 from engine.request_validation import RequestValidationError, validate_generation
 from engine.stage_types import GenerationRequest
 from serve.api.errors import APIError
+from engine.post_processing.frame_interpolation import check_interpolate_fps
+from engine.post_processing.post_processor import PostProcessOptions
+from serve.jobs.spec import PostProcessing
+
+if TYPE_CHECKING:
+    from serve.api.video_object import VideoObject
+    from serve.video_service import VideoService
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-MAX_INTERPOLATE_FPS = 120
-UPSCALE_FACTORS = (1, 2, 3, 4)
 
 
 class CreateVideoFields(BaseModel):
@@ -125,17 +130,18 @@ def generation_request(fields: CreateVideoFields, image: bytes | None, spec: Mod
 
 
 def check_options(fields: CreateVideoFields, request: GenerationRequest, expander_enabled: bool,
-                  learned_upscale_factor: int | None = None) -> dict[str, Any]:
+                  learned_upscale_factor: int | None = None) -> PostProcessing:
     if fields.expand_prompt and not expander_enabled:
         raise APIError(400, "expand_prompt: no prompt-expansion model is configured on this server",
                        param="expand_prompt", code="unsupported")
-    if fields.interpolate_fps is not None and not request.fps < fields.interpolate_fps <= MAX_INTERPOLATE_FPS:
-        raise APIError(400, f"interpolate_fps: must be above the video's {request.fps} fps and at most "
-                            f"{MAX_INTERPOLATE_FPS} (got {fields.interpolate_fps})", param="interpolate_fps",
-                       code="invalid_value")
-    if fields.upscale is not None and fields.upscale not in UPSCALE_FACTORS:
-        raise APIError(400, f"upscale: must be one of {UPSCALE_FACTORS} (got {fields.upscale})", param="upscale",
-                       code="invalid_value")
+    # The limits live with the code that enforces them (engine/post_processing).
+    try:
+        if fields.interpolate_fps is not None:
+            check_interpolate_fps(fields.interpolate_fps, request.fps)
+        PostProcessOptions(interpolate_fps=fields.interpolate_fps, upscale=fields.upscale)
+    except ValueError as error:
+        param = str(error).split(":", 1)[0]
+        raise APIError(400, str(error), param=param, code="invalid_value") from None
     if learned_upscale_factor and fields.upscale not in (None, 1, learned_upscale_factor):
         raise APIError(400, f"upscale: this server's learned upscaler is x{learned_upscale_factor} "
                             f"(got {fields.upscale})", param="upscale", code="invalid_value")
@@ -146,11 +152,11 @@ def check_options(fields: CreateVideoFields, request: GenerationRequest, expande
             validate_webhook_url(fields.webhook_url)
         except ValueError as error:
             raise APIError(400, str(error), param="webhook_url", code="invalid_value") from None
-    return {
-        "expand_prompt": fields.expand_prompt,
-        "interpolate_fps": fields.interpolate_fps,
-        "upscale": fields.upscale if fields.upscale and fields.upscale > 1 else None,
-    }
+    return PostProcessing(
+        expand_prompt=fields.expand_prompt,
+        interpolate_fps=fields.interpolate_fps,
+        upscale=fields.upscale if fields.upscale and fields.upscale > 1 else None,
+    )
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -163,3 +169,11 @@ def _parse_size(size: str) -> tuple[int, int]:
 
 def _too_large(max_bytes: int) -> APIError:
     return APIError(413, f"request body is larger than {max_bytes} bytes", code="request_too_large")
+
+
+async def create_from_fields(service: VideoService, fields: CreateVideoFields, image: bytes | None) -> VideoObject:
+    """The API's fields validated against the model they name, then queued by the service."""
+    spec = service.model_spec(fields.model)
+    request = generation_request(fields, image, spec, service.new_job_id())
+    options = check_options(fields, request, service.expander_enabled, service.learned_upscale_factor)
+    return await service.create(request, options, webhook_url=fields.webhook_url)

@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.service_errors import InvalidField, NotFound, NotReady, Overloaded, ServiceError
+
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error",
           413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error", 503: "server_error", 500: "server_error"}
@@ -30,10 +32,24 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# The service's refusals, as HTTP statuses: the one place that knows both.
+_SERVICE_STATUSES = {NotFound: 404, InvalidField: 400, NotReady: 409, Overloaded: 429}
+
+
+def service_error_response(error: ServiceError) -> JSONResponse:
+    status = next((code for kind, code in _SERVICE_STATUSES.items() if isinstance(error, kind)), 400)
+    headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, Overloaded) else None
+    return error_response(status, error.message, error.param, error.code, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, error: APIError):
         return error_response(error.status, error.message, error.param, error.code, error.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError):
+        return service_error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError):

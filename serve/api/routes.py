@@ -12,11 +12,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.api.api_keys import ApiKeyMiddleware, ApiKeys
-from serve.api.create_request import parse_create_fields, read_create_body
+from serve.api.create_request import create_from_fields, parse_create_fields, read_create_body
 from serve.api.errors import APIError, install_error_handlers
 from serve.artifact_store import VARIANT_MEDIA_TYPES
-from serve.job_store import TERMINAL_STATUSES
-from serve.job_updates import FALLBACK_POLL_SECONDS
+from serve.jobs.store import TERMINAL_STATUSES
+from serve.jobs.updates import FALLBACK_POLL_SECONDS
 from serve.video_service import VideoService
 
 EVENT_STREAM_MAX_SECONDS = 3600
@@ -52,7 +52,7 @@ def create_api(api_keys: ApiKeys | None = None) -> FastAPI:
     async def create_video(request: Request):
         service = _service(request)
         data, image = await read_create_body(request, service.config.api.max_request_bytes)
-        video = await service.create(parse_create_fields(data), image)
+        video = await create_from_fields(service, parse_create_fields(data), image)
         return JSONResponse(video.model_dump(mode="json"), headers=_poll_header(service))
 
     @api.get("/v1/videos")

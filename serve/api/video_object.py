@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from serve.job_store import JobRecord, JobStatus
+from serve.jobs.store import JobRecord, JobStatus
 
 
 class VideoError(BaseModel):
@@ -39,10 +39,7 @@ class VideoObject(BaseModel):
 
 
 def video_object(record: JobRecord, queue_position: int | None = None) -> VideoObject:
-    engine_fields = record.params.get("engine", {})
-    width, height = engine_fields.get("width"), engine_fields.get("height")
-    fps = engine_fields.get("fps") or 1
-    num_frames = engine_fields.get("num_frames") or 1
+    generation = record.spec.generation
     status = record.status
     # OpenAI has no 'cancelled' status: a cancelled job reads as failed with that code.
     api_status = "failed" if status is JobStatus.CANCELLED else status.value
@@ -62,10 +59,10 @@ def video_object(record: JobRecord, queue_position: int | None = None) -> VideoO
         progress=record.progress,
         created_at=int(record.created_at),
         completed_at=int(record.completed_at) if record.completed_at else None,
-        seconds=f"{(num_frames - 1) / fps:g}",
-        size=f"{width}x{height}",
+        seconds=f"{(generation.num_frames - 1) / generation.fps:g}",
+        size=f"{generation.width}x{generation.height}",
         error=error,
-        prompt=engine_fields.get("prompt"),
+        prompt=generation.prompt,
         stage=record.stage,
         step=record.step,
         total_steps=record.total_steps,

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from engine.stage_types import Frames
-from engine.stages.vae_decoder import load_vae_decoder
+from engine.stage_types import Frames, Latents
+from engine.stages.loading import load_vae_decoder
+from serve.app_config import AppConfig
 from serve.deployments.model_stage import ModelThread, compile_for_default_size, load_stage_context
-from serve.object_handoff import ObjectHandoff
 
 
 class VaeDecoderDeployment:
-    def __init__(self, config: dict, model: str | None = None):
+    def __init__(self, config: AppConfig, model: str | None = None):
         app_config, spec, placement = load_stage_context(config, "vae", model)
         compile_decoder = app_config.vae_decoder.compile
         self.stage = load_vae_decoder(spec, placement, compile_decoder=compile_decoder)
@@ -15,5 +15,5 @@ class VaeDecoderDeployment:
         if compile_decoder:
             compile_for_default_size(self.model_thread, "VAE decoder", self.stage.warm_up_compiled, spec)
 
-    async def decode(self, latents: ObjectHandoff, fps: int) -> Frames:
-        return await self.model_thread.run(self.stage.decode, await latents.fetch(), fps)
+    async def decode(self, latents: Latents, fps: int) -> Frames:
+        return await self.model_thread.run(self.stage.decode, latents, fps)

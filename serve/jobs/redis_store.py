@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from serve.job_store import (
+from serve.jobs.store import (
     JobExistsError,
     JobRecord,
     JobStatus,

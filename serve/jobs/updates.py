@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve.job_store import JobRecord, JobStatus
+from serve.jobs.store import JobRecord, JobStatus
 
 # A stream still reads the store this often, for jobs another ingress replica runs.
 FALLBACK_POLL_SECONDS = 1.0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from serve.job_store import (
+from serve.jobs.store import (
     JobExistsError,
     JobRecord,
     JobStatus,

@@ -2,8 +2,16 @@
 
 Every ingress replica runs one JobRunner. Jobs are claimed with a lease that a heartbeat
 renews; a job whose runner died (or a whole app that stopped) is claimed again once its
-lease expires, so an accepted job is never lost. Tensors move between stages through
-Ray's object store: the runner relays references and reads only small values.
+lease expires, so an accepted job is never lost.
+
+Tensors move one way: the runner awaits each stage's DeploymentResponse and passes the
+value to the next stage's call. Serve's model composition (handing the response on
+uncollected) moves a large tensor for about half the overhead, but it cannot carry the
+Denoiser's output, which is the last item of its progress stream, and it hides when and
+where an upstream stage failed; at a 720p Wan request's sizes the relay costs ~0.15 s
+more per job on a 2-core VM (benchmarks/RESULTS.md, ``benchmarks.stage_handoff``).
+Values returned to the runner are owned by it, so a stage replica that scales down
+after answering takes nothing a job still needs.
 """
 
 from __future__ import annotations
@@ -12,20 +20,19 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import ray
-
+from engine.async_denoise_engine import DenoiseDone, DenoiseProgress
 from engine.model_spec import ModelSpec, Task
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessResult
 from engine.stage_types import GenerationRequest
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.deployments.denoiser import DenoiseDone, DenoiseProgress
-from serve.job_store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
-from serve.job_updates import JobUpdates
+from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.jobs.updates import JobUpdates
 from serve.metrics import VideoServeMetrics
 from serve.webhooks import WebhookSender
 
@@ -42,6 +49,14 @@ class JobCancelled(Exception):
 
 class JobLeaseLost(Exception):
     pass
+
+
+class StageFailed(RuntimeError):
+    """A stage's call raised: the job's error and the failure metrics name that stage."""
+
+    def __init__(self, stage: str, error: BaseException):
+        super().__init__(f"{stage} failed: {error}")
+        self.stage = stage
 
 
 @dataclass
@@ -62,13 +77,6 @@ class ModelRoute:
     handles: StageHandles
 
 
-def engine_request(job: JobRecord, spec: ModelSpec, image: bytes | None) -> GenerationRequest:
-    """The validated request stored with the job, back as the engine's boundary type."""
-    fields = job.params["engine"]
-    return GenerationRequest(request_id=job.id, model=spec.name, task=spec.task_for(image is not None), image=image,
-                             **fields)
-
-
 class JobRunner:
     def __init__(
         self,
@@ -79,6 +87,7 @@ class JobRunner:
         metrics: VideoServeMetrics,
         webhooks: WebhookSender | None,
         updates: JobUpdates | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.routes = routes
@@ -88,6 +97,7 @@ class JobRunner:
         self.webhooks = webhooks
         # Every record this runner writes is pushed here: to event streams, and to its own claim loop.
         self.updates = updates or JobUpdates()
+        self._clock = clock  # paces the durable progress writes
         self.owner = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, asyncio.Task] = {}
         self._metadata: dict[str, dict] = {}  # job id -> metadata of the jobs this runner holds
@@ -106,6 +116,9 @@ class JobRunner:
         await asyncio.gather(*self._background, *running.values(), return_exceptions=True)
         for job_id in running:
             try:
+                current = self.store.get(job_id)
+                if current is None or current.status in TERMINAL_STATUSES:
+                    continue  # it finished while stopping: handing it back would run it twice
                 self.store.update(job_id, status=JobStatus.QUEUED, stage=None, progress=0, lease_owner=None,
                                   lease_expires_at=None)
             except Exception:  # the lease then expires and the job is resumed all the same
@@ -182,34 +195,35 @@ class JobRunner:
         route = self.routes.get(job.model)
         if route is None:  # a job of a model this app no longer serves (the config changed under it)
             raise RuntimeError(f"model {job.model!r} is not served by this app (models: {', '.join(self.routes)})")
-        image = Path(job.input_image_path).read_bytes() if job.input_image_path else None
-        request = engine_request(job, route.spec, image)
-        options = job.params.get("options", {})
+        spec = job.spec
+        # Only the image conditioner reads the input image; every other stage gets the request without it.
+        request = spec.generation_request(job.id)
+        options = spec.post_processing
         handles = route.handles
 
-        if options.get("expand_prompt"):
+        if options.expand_prompt:
             await self._progress(job.id, "prompt_expander")
             expanded = await self._timed("prompt_expander", handles.prompt_expander.expand.remote(request.prompt))
             request = _replace(request, prompt=expanded)
             await self._update(job.id, metadata={"expanded_prompt": expanded})
 
         await self._progress(job.id, "text_encoder")
-        text = await self._stage_ref("text_encoder", handles.text_encoder.encode.remote(request))
+        text = await self._timed("text_encoder", handles.text_encoder.encode.remote(request))
         image_conditioning = None
         if request.task is Task.IMAGE_TO_VIDEO:
             await self._progress(job.id, "image_conditioner")
-            image_conditioning = await self._stage_ref(
-                "image_conditioner", handles.image_conditioner.condition.remote(request)
+            image = await asyncio.to_thread(Path(job.input_image_path).read_bytes)
+            image_conditioning = await self._timed(
+                "image_conditioner", handles.image_conditioner.condition.remote(_replace(request, image=image))
             )
 
         latents = await self._denoise(handles.denoiser, job.id, request, text, image_conditioning)
 
         await self._progress(job.id, "vae_decoder")
-        frames = await self._stage_ref("vae_decoder", handles.vae_decoder.decode.remote(latents, request.fps))
+        frames = await self._timed("vae_decoder", handles.vae_decoder.decode.remote(latents, request.fps))
         await self._progress(job.id, "post_processor")
-        post_options = PostProcessOptions(
-            interpolate_fps=options.get("interpolate_fps"), upscale=options.get("upscale"), write_frames=True
-        )
+        post_options = PostProcessOptions(interpolate_fps=options.interpolate_fps, upscale=options.upscale,
+                                          write_frames=True)
         output_dir = str(self.artifacts.job_dir(job.id))
         result: PostProcessResult = await self._timed(
             "post_processor", handles.post_processor.process.remote(frames, post_options, output_dir)
@@ -219,6 +233,9 @@ class JobRunner:
     async def _denoise(self, denoiser, job_id: str, request: GenerationRequest, text, image_conditioning):
         low, high = DENOISE_PROGRESS
         started = time.perf_counter()
+        write_interval = self.config.jobs.progress_write_interval_seconds
+        last_write = self._clock()
+        current = None
         self.metrics.stage_in_flight.labels("denoiser").inc()
         stream = denoiser.options(stream=True).denoise.remote(request, text, image_conditioning)
         try:
@@ -227,60 +244,50 @@ class JobRunner:
                     self.metrics.stage_latency.labels("denoiser").observe(time.perf_counter() - started)
                     return event.latents
                 assert isinstance(event, DenoiseProgress)
-                self.metrics.steps.inc()
-                self.metrics.step_seconds.observe(event.step_seconds)
-                self.metrics.batch_size.observe(event.batch_size)
-                for kind, step_bytes in event.communication_bytes.items():
-                    # Every request in the step reports the step's volume: count each its share.
-                    self.metrics.communication_bytes.labels(kind).inc(step_bytes / event.batch_size)
-                current = await self._update(
-                    job_id,
-                    stage="denoiser",
-                    step=event.step,
-                    total_steps=event.total_steps,
-                    progress=low + (high - low) * event.step // event.total_steps,
-                    metadata={"step_seconds": event.step_seconds},
-                )
-                if current is None or current.cancel_requested:
-                    stream.cancel()
-                    raise asyncio.CancelledError()
+                self._observe_step(event)
+                changes = {
+                    "stage": "denoiser",
+                    "step": event.step,
+                    "total_steps": event.total_steps,
+                    "progress": low + (high - low) * event.step // event.total_steps,
+                }
+                now = self._clock()
+                if current is None or now - last_write >= write_interval:
+                    # Durable: the first step (the stage change) and then at most once per interval.
+                    current = await self._update(job_id, **changes, metadata={"step_seconds": event.step_seconds})
+                    last_write = now
+                    if current is None or current.cancel_requested:
+                        stream.cancel()
+                        raise asyncio.CancelledError()
+                else:  # every step still reaches the job's event streams, from memory
+                    metadata = {**current.metadata, "step_seconds": event.step_seconds}
+                    self.updates.publish(replace_record(current, metadata=metadata, **changes))
             raise RuntimeError("the denoiser stream ended without latents")
         except (asyncio.CancelledError, JobCancelled):
             stream.cancel()
             raise
-        except Exception:
+        except Exception as error:
             self.metrics.stage_failures.labels("denoiser").inc()
-            raise
+            raise StageFailed("denoiser", error) from error
         finally:
             self.metrics.stage_in_flight.labels("denoiser").dec()
 
-    async def _stage_ref(self, stage: str, response) -> ray.ObjectRef:
-        """Wait for a stage's result without fetching it; hand back its object reference."""
-        started = time.perf_counter()
-        self.metrics.stage_in_flight.labels(stage).inc()
-        try:
-            ref = await response._to_object_ref()
-            await asyncio.to_thread(ray.wait, [ref], fetch_local=False)
-            # Surfaces the stage's exception (if any) without moving a tensor here.
-            ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
-            if not ready:
-                raise RuntimeError(f"{stage} result not ready")
-        except Exception:
-            self.metrics.stage_failures.labels(stage).inc()
-            raise
-        finally:
-            self.metrics.stage_in_flight.labels(stage).dec()
-        self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - started)
-        return ref
+    def _observe_step(self, event: DenoiseProgress) -> None:
+        self.metrics.steps.inc()
+        self.metrics.step_seconds.observe(event.step_seconds)
+        self.metrics.batch_size.observe(event.batch_size)
+        for kind, step_bytes in event.communication_bytes.items():
+            # Every request in the step reports the step's volume: count each its share.
+            self.metrics.communication_bytes.labels(kind).inc(step_bytes / event.batch_size)
 
     async def _timed(self, stage: str, response):
         started = time.perf_counter()
         self.metrics.stage_in_flight.labels(stage).inc()
         try:
             return await response
-        except Exception:
+        except Exception as error:
             self.metrics.stage_failures.labels(stage).inc()
-            raise
+            raise StageFailed(stage, error) from error
         finally:
             self.metrics.stage_in_flight.labels(stage).dec()
             self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - started)
@@ -371,6 +378,9 @@ class JobRunner:
 
 
 def _replace(request: GenerationRequest, **changes) -> GenerationRequest:
-    from dataclasses import replace
-
     return replace(request, **changes)
+
+
+def replace_record(record: JobRecord, **changes) -> JobRecord:
+    """``record`` with ``changes``, as the store would give it back (not written)."""
+    return record.model_copy(update={**changes, "updated_at": time.time()})

@@ -14,10 +14,12 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+if TYPE_CHECKING:
+    from serve.jobs.spec import JobSpec
 
 
 class JobStatus(str, enum.Enum):
@@ -47,7 +49,7 @@ class JobRecord(BaseModel):
     created_at: float  # unix seconds (float; the API shows int)
     updated_at: float
     completed_at: float | None = None
-    params: dict[str, Any] = {}  # validated request fields, JSON-safe (no image bytes)
+    params: dict[str, Any] = {}  # the JobSpec's stored form (serve/jobs/spec.py), JSON-safe (no image bytes)
     input_image_path: str | None = None
     webhook_url: str | None = None
     progress: int = Field(default=0, ge=0, le=100)
@@ -63,6 +65,13 @@ class JobRecord(BaseModel):
     lease_expires_at: float | None = None
     artifacts: dict[str, str] = {}  # variant name -> file path
     metadata: dict[str, Any] = {}
+
+    @property
+    def spec(self) -> JobSpec:
+        """What the job asks for, typed (``params`` holds its stored form)."""
+        from serve.jobs.spec import JobSpec
+
+        return JobSpec.from_stored(self.params, self.model, self.input_image_path is not None, self.webhook_url)
 
     @field_validator("params", "metadata")
     @classmethod
@@ -217,32 +226,3 @@ def check_page_request(limit: int, order: str) -> None:
         raise ValueError(f"limit must be a positive integer (got {limit!r})")
     if order not in ("asc", "desc"):
         raise ValueError(f"order must be 'asc' or 'desc' (got {order!r})")
-
-
-ACCEPTED_URLS = "sqlite:///absolute/path/jobs.db, redis://host:port/db[?prefix=name] or rediss://..."
-
-
-def open_job_store(url: str, password_env: str | None = None) -> JobStore:
-    """The store a URL names: ``sqlite:///abs/path/jobs.db`` or ``redis://host:port/db?prefix=p``.
-
-    ``password_env`` (``storage.job_store_password_env``) names the environment variable
-    holding the Redis password; it is read here, when the store connects, so the password
-    never appears in the URL or the config.
-    """
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-    if scheme == "sqlite":
-        if password_env is not None:
-            raise ValueError(
-                f"storage.job_store_password_env is set ({password_env}) but the job store is SQLite, which takes "
-                "no password; unset it or point storage.job_store_url at Redis"
-            )
-        from serve.job_store_sqlite import SqliteJobStore, sqlite_path_from_url
-
-        return SqliteJobStore(sqlite_path_from_url(url))
-    if scheme in ("redis", "rediss"):
-        from serve.job_store_redis import RedisJobStore
-        from serve.secret_env import secret_from_env
-
-        password = None if password_env is None else secret_from_env(password_env, "storage.job_store_password_env")
-        return RedisJobStore.from_url(url, password=password)
-    raise ValueError(f"job store url {url!r} is not supported; use one of: {ACCEPTED_URLS}")
