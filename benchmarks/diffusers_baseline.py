@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from benchmarks.load_generator import latency_summary
+from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadMix, WorkloadRequest, build_workload, open_loop_plan
 from engine.model_spec import ModelSpec
 
@@ -164,7 +165,7 @@ def run_baseline(model: str, requests: Sequence[WorkloadRequest], cache_dir: Pat
         "kind": "diffusers_baseline",
         "model": runner.spec.name,
         "source": runner.spec.source,
-        "machine": _machine(),
+        "machine": describe_machine(),
         "summary": {
             "completed": len(requests),
             "elapsed_s": elapsed,
@@ -182,12 +183,6 @@ def run_baseline(model: str, requests: Sequence[WorkloadRequest], cache_dir: Pat
         timings = simulate_fifo(arrivals, service_times)
         report["open_loop"] = {**fifo_summary(timings), "timings": [asdict(timing) for timing in timings]}
     return report
-
-
-def _machine() -> dict:
-    from benchmarks.stage_timings import _machine as stage_timings_machine
-
-    return stage_timings_machine()
 
 
 def main(

@@ -140,7 +140,7 @@ def forward_figures(timings: Sequence[ForwardTiming], peak: MatmulPeak) -> list[
 def load_transformer(spec: ModelSpec) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
-    from engine.model_registry import local_model_directory
+    from engine.model_source import local_model_directory
 
     root = local_model_directory(spec, "transformer")
     return WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32).eval()
@@ -159,7 +159,7 @@ def dit_inputs(spec: ModelSpec, transformer: torch.nn.Module, rows: int, seed: i
         "return_dict": False,
     }
     if config.image_dim is not None:
-        from engine.stages.image_conditioner import image_embed_tokens
+        from engine.stages.loading import image_embed_tokens
 
         inputs["encoder_hidden_states_image"] = torch.randn(rows, image_embed_tokens(spec), config.image_dim,
                                                             generator=generator)
@@ -184,7 +184,7 @@ def main(
     output: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("benchmarks/out/dit_mfu.json"),
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
 ) -> None:
-    from benchmarks.stage_timings import _machine
+    from benchmarks.machine import describe_machine
     from engine.model_registry import resolve_model
 
     try:
@@ -212,7 +212,7 @@ def main(
         "latent_shape": list(spec.geometry.latent_shape(defaults.num_frames, defaults.height, defaults.width)),
         "request": {"size": f"{defaults.width}x{defaults.height}", "num_frames": defaults.num_frames},
         "repeats": repeats,
-        "machine": _machine(),
+        "machine": describe_machine(),
         "matmul_peak": {**asdict(peak), "gflops_per_s": peak.flops_per_s / 1e9,
                         "gflops_per_s_before": peak_before.flops_per_s / 1e9,
                         "gflops_per_s_after": peak_after.flops_per_s / 1e9},

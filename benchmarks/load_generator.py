@@ -28,8 +28,6 @@ import asyncio
 import datetime
 import json
 import math
-import os
-import platform
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ import httpx
 import typer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadMix, WorkloadRequest, build_workload, open_loop_plan
 
 TERMINAL_STATUSES = ("completed", "failed")
@@ -554,13 +553,7 @@ async def _scrape(client: httpx.AsyncClient) -> str | httpx.HTTPError:
 
 def client_machine() -> dict[str, Any]:
     """The machine the load generator ran on (without importing torch)."""
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "httpx": httpx.__version__}
+    return describe_machine(httpx=httpx.__version__)
 
 
 def main(

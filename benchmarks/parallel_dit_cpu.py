@@ -39,7 +39,7 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     from engine.parallel.communication_log import CommunicationLog
     from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
     from engine.parallel.process_group import RankGroupAddress, join_rank_group
-    from engine.stages.denoiser import load_denoiser
+    from engine.stages.loading import load_denoiser
 
     cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // world_size))

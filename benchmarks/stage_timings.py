@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from benchmarks.diffusers_baseline import DiffusersRunner
+from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadRequest
 from engine.model_registry import resolve_model
 from engine.request_validation import validate_generation
@@ -97,7 +96,7 @@ def main(
             "guidance_scale": request.guidance_scale,
         },
         "repeats": repeats,
-        "machine": _machine(),
+        "machine": describe_machine(),
         "figures": figures,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -109,21 +108,6 @@ def _without_guidance(task):
     from dataclasses import replace
 
     return replace(task, guidance_scale=1.0, text=replace(task.text, negative_prompt_embeds=None))
-
-
-def _machine() -> dict:
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 if __name__ == "__main__":

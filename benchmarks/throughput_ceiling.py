@@ -85,7 +85,7 @@ def main(
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
 ) -> None:
     from benchmarks.diffusers_baseline import run_baseline
-    from benchmarks.stage_timings import _machine
+    from benchmarks.machine import describe_machine
     from benchmarks.workload import WorkloadMix, build_workload
     from engine.model_registry import resolve_model
 
@@ -144,7 +144,7 @@ def main(
         "model": spec.name,
         "request": {"size": size, "num_frames": defaults.num_frames, "steps": defaults.num_inference_steps,
                     "guidance_scale": defaults.guidance_scale, "dit_rows_per_video": rows_per_video},
-        "machine": _machine(),
+        "machine": describe_machine(),
         "baseline": {"throughput_videos_per_s": baseline_videos_per_s, "before": baseline_before,
                      "after": baseline_after},
         "layouts": layouts,

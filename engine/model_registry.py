@@ -21,13 +21,10 @@ from pathlib import Path
 
 from engine.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE, builtin_preset_dir
 from engine.families import UnsupportedPipelineError, family_for_pipeline
+from engine.model_source import ModelNotFoundError
 from engine.families.ltx.traits import LTX_DEFAULT_NEGATIVE_PROMPT
 from engine.families.wan.traits import WAN_DEFAULT_NEGATIVE_PROMPT
 from engine.model_spec import GenerationDefaults, GenerationLimits, ModelSpec, Task
-
-
-class ModelNotFoundError(ValueError):
-    """The model name is unknown, or its files are neither local nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -180,21 +177,3 @@ def _family(model_index: dict, source: str):
         return family_for_pipeline(model_index.get("_class_name"), source)
     except UnsupportedPipelineError as error:
         raise ModelNotFoundError(str(error)) from None
-
-
-def local_model_directory(spec: ModelSpec, *components: str) -> str:
-    """A local directory holding ``components`` of the model, fetched into the HF cache if needed.
-
-    Loading from a local snapshot is what diffusers' own ``from_pretrained`` does, and
-    fetching only the named components means a text-encoder process never downloads the
-    14B DiT weights. With ``HF_HUB_OFFLINE=1`` this only looks in the cache.
-    """
-    if Path(spec.source).is_dir():
-        return spec.source
-    from huggingface_hub import snapshot_download
-
-    patterns = ["model_index.json", *(f"{component}/*" for component in components if component != "model_index.json")]
-    try:
-        return snapshot_download(spec.source, allow_patterns=patterns)
-    except OSError as error:
-        raise ModelNotFoundError(f"{spec.source} ({', '.join(components)}) is not available locally: {error}") from error

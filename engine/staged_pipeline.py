@@ -13,10 +13,11 @@ from typing import Any
 from engine.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, Frames, GenerationRequest, VideoArtifact
-from engine.stages.denoiser import StepCallback, load_denoiser
-from engine.stages.image_conditioner import load_image_conditioner
+from engine.stages.denoiser import StepCallback
+from engine.stages.loading import load_denoiser
+from engine.stages.loading import load_image_conditioner
 from engine.stages.text_encoder import TextEncoder
-from engine.stages.vae_decoder import load_vae_decoder
+from engine.stages.loading import load_vae_decoder
 from engine.video_io import write_mp4, write_npy
 
 

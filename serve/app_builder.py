@@ -79,27 +79,36 @@ def _check_parallel(spec: ModelSpec, config: AppConfig) -> None:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    config = AppConfig.model_validate(args or {})
+    """Serve's builder (the config file's ``import_path``): ``args`` validated once, here."""
+    return build_application(AppConfig.model_validate(args or {}))
+
+
+def build_application(config: AppConfig, stage_classes: dict[str, type] | None = None) -> Application:
+    """The application for ``config``, which every deployment receives as it is (typed).
+
+    ``stage_classes`` replaces a kind of model stage's deployment class (e.g. a subclass
+    that raises, for a served test of failure handling); Serve's config files never set it.
+    """
+    classes = {**_STAGE_CLASSES, **(stage_classes or {})}
     # Built-in presets are generated here once, not raced by every replica starting up.
     for model in config.model_names():
         _check_parallel(served_spec(config, model), config)
     plan = app_stage_plan(config)
-    bound_config = config.model_dump(mode="json")
     options = deployment_options(config, plan)
 
     stages = {
-        deployment.name: serve.deployment(_STAGE_CLASSES[deployment.kind], name=deployment.name,
-                                          **options[deployment.name]).bind(bound_config, deployment.model)
+        deployment.name: serve.deployment(classes[deployment.kind], name=deployment.name,
+                                          **options[deployment.name]).bind(config, deployment.model)
         for deployment in plan.deployments
     }
     # model -> {stage kind: handle}: the ingress routes each job to its model's stages.
     routes = {model: {kind: stages[name] for kind, name in kinds.items()} for model, kinds in plan.routes.items()}
     post_processor = serve.deployment(PostProcessorDeployment, name="PostProcessor",
-                                      **options["PostProcessor"]).bind(bound_config)
+                                      **options["PostProcessor"]).bind(config)
     prompt_expander = None
     if config.prompt_expander.model is not None:
         prompt_expander = serve.deployment(PromptExpanderDeployment, name="PromptExpander",
-                                           **options["PromptExpander"]).bind(bound_config)
+                                           **options["PromptExpander"]).bind(config)
     return serve.deployment(VideoAPIDeployment, name="VideoAPI", **options["VideoAPI"]).bind(
-        bound_config, routes, post_processor, prompt_expander)
+        config, routes, post_processor, prompt_expander)
 

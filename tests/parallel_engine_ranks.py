@@ -24,7 +24,7 @@ from engine.parallel.process_group import RankGroupAddress, join_rank_group
 from engine.parallel.rank_group_executor import RankGroupExecutor, RankMirror
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
-from engine.stages.denoiser import load_denoiser
+from engine.stages.loading import load_denoiser
 
 # (width, height, frames, steps, guidance, seed, arrival step). 48x48 with one frame is 9
 # tokens: uneven over 2 and over 4 ranks, so Ulysses pads and masks.

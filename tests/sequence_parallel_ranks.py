@@ -66,7 +66,7 @@ def token_count(config, latent_size: tuple[int, int, int]) -> int:
 def _load_transformer(case: ModelCase):
     from diffusers import WanTransformer3DModel
 
-    from engine.stages.denoiser import load_denoiser
+    from engine.stages.loading import load_denoiser
 
     transformer = load_denoiser(case.spec).transformer
     if case.config_changes:

@@ -72,7 +72,7 @@ def _load_transformer(case: ModelCase):
     from diffusers import WanTransformer3DModel
 
     from engine.stage_placement import StagePlacement
-    from engine.stages.denoiser import load_denoiser
+    from engine.stages.loading import load_denoiser
 
     transformer = load_denoiser(case.spec, StagePlacement(dtype=case.dtype)).transformer
     if case.config_changes:

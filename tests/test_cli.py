@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.request_validation import validate_generation
-from serve.cli import app
+from cli.main import app
 from tests.conftest import REPO_ROOT, image_bytes
 
 VIDEOSERVE = str(Path(sys.executable).parent / "videoserve")

@@ -14,9 +14,9 @@ import torch
 from engine.denoise_engine import DenoiseEngine, FinishedEvent, InProcessExecutor
 from engine.denoise_scheduler import SchedulerConfig
 from engine.request_validation import validate_generation
-from engine.stages.denoiser import load_denoiser
-from engine.stages.image_conditioner import image_embed_tokens
-from engine.stages.vae_decoder import load_vae_decoder
+from engine.stages.loading import load_denoiser
+from engine.stages.loading import image_embed_tokens
+from engine.stages.loading import load_vae_decoder
 from tests.conftest import image_bytes
 
 
@@ -132,11 +132,13 @@ def test_warm_up_without_compilation_is_refused(tiny_spec):
 def test_a_denoiser_replica_with_compile_on_serves_compiled_steps(tiny_pipeline, preset_cache, ray_cluster):
     import asyncio
 
-    from serve.deployments.denoiser import DenoiseDone, DenoiserDeployment
+    from engine.async_denoise_engine import DenoiseDone
+    from serve.app_config import AppConfig
+    from serve.deployments.denoiser import DenoiserDeployment
 
     # Constructed here as Serve would in a replica: the warm-up runs in the constructor, on the model thread.
-    deployment = DenoiserDeployment({"models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
-                                     "denoiser": {"compile": True}})
+    deployment = DenoiserDeployment(AppConfig.model_validate({"models": ["tiny"], "cache_dir": str(preset_cache),
+                                                              "device": "cpu", "denoiser": {"compile": True}}))
     [compiled] = deployment.engine.executor.denoiser.compiled
     assert len(compiled.shapes.warmed_shapes) == 1
     request = _request(tiny_pipeline.spec, 2)
@@ -145,7 +147,7 @@ def test_a_denoiser_replica_with_compile_on_serves_compiled_steps(tiny_pipeline,
     async def run():
         async for event in deployment.denoise(request, task.text, None):
             if isinstance(event, DenoiseDone):
-                return (await event.latents.fetch()).latents
+                return event.latents.latents
 
     latents = asyncio.run(run())
     assert compiled.counters.compiled_calls == request.num_inference_steps
@@ -206,12 +208,12 @@ def test_a_vae_replica_with_compile_on_decodes_compiled(tiny_pipeline, preset_ca
     import asyncio
 
     from engine.stage_types import Latents
+    from serve.app_config import AppConfig
     from serve.deployments.vae_decoder import VaeDecoderDeployment
-    from serve.object_handoff import ObjectHandoff
 
-    deployment = VaeDecoderDeployment({"models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
-                                       "vae_decoder": {"compile": True}})
+    deployment = VaeDecoderDeployment(AppConfig.model_validate({"models": ["tiny"], "cache_dir": str(preset_cache),
+                                                                "device": "cpu", "vae_decoder": {"compile": True}}))
     latents = _latents(tiny_pipeline.spec, tiny_pipeline.spec.defaults.num_frames, seed=11)
-    frames = asyncio.run(deployment.decode(ObjectHandoff.put(Latents("r", latents)), 16))
+    frames = asyncio.run(deployment.decode(Latents("r", latents), 16))
     assert deployment.stage.compiled.counters.compiled_calls == 1
     assert np.abs(frames.frames.astype(int) - tiny_pipeline.vae_decoder.decode_latents(latents).astype(int)).max() <= 1

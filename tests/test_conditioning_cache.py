@@ -15,14 +15,10 @@ import ray
 import torch
 
 from engine.stage_types import ImageConditioning, TextEmbeddings
-from serve.conditioning_cache import (
-    ConditioningCache,
-    ConditioningCacheActor,
-    first_frame_key,
-    shutdown_cache,
-    tensor_nbytes,
-    text_embedding_key,
-)
+from serve.caches.actor import ConditioningCacheActor
+from serve.caches.client import ConditioningCache, shutdown_cache
+from serve.caches.keys import first_frame_key, text_embedding_key
+from serve.caches.tensor_values import tensor_nbytes
 
 MiB = 1 << 20
 

@@ -35,7 +35,7 @@ from deploy.helm_set_values import SetValueError, parse_set_values
 from deploy.kube_objects import KIND_ROUTES, RELEASE_LABEL, route_for
 from deploy.rayservice_schema import strict_schema
 from deploy.rayservice_status import Phase, RayServiceState, assess
-from serve.cli import app
+from cli.main import app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_DEMO = REPO_ROOT / "helm" / "examples" / "cpu-demo.yaml"

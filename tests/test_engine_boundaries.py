@@ -86,3 +86,91 @@ def test_a_stage_can_live_in_its_own_process(tiny_pipeline):
     local = tiny_pipeline.denoiser.denoise(local_task).latents
     remote = tiny_pipeline.denoiser.denoise(remote_task).latents
     assert torch.equal(local, remote)
+
+
+# What each top-level package may import of ours: engine is the base, serve builds on it,
+# deploy renders serve's config, the CLI and the benchmarks sit on top.
+ALLOWED_ARROWS = {
+    "engine": set(),
+    "serve": {"engine"},
+    "deploy": {"engine", "serve"},
+    "cli": {"engine", "serve", "deploy"},
+    "benchmarks": {"engine", "serve", "deploy"},
+}
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports, at top level or inside functions alike
+    (a lazy import hides a cycle from the interpreter, not from the design)."""
+    paths = {}
+    for package in ALLOWED_ARROWS:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            paths[".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")] = path
+    graph = {}
+    for module, path in paths.items():
+        imported = set()
+        tree = ast.parse(path.read_text(), str(path))
+        # Imports under ``if TYPE_CHECKING:`` never run: annotations may point anywhere.
+        type_only = {id(inner) for node in ast.walk(tree)
+                     if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+                     for statement in node.body for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                candidates = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            else:
+                continue
+            for name in candidates:
+                while name and name not in paths:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    imported.add(name)
+                    break
+        graph[module] = imported
+    return graph
+
+
+def test_no_package_imports_one_above_it():
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in _module_imports().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0]
+        and target.split(".")[0] not in ALLOWED_ARROWS[module.split(".")[0]]
+    )
+    assert upward == []
+
+
+def test_there_are_no_import_cycles():
+    graph = _module_imports()
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(module):  # Tarjan's strongly connected components
+        index[module] = low[module] = counter[0]
+        counter[0] += 1
+        stack.append(module)
+        on_stack.add(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    assert cycles == []

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from serve.app_builder import deployment_names
 from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS
 from serve.app_config import AppConfig
-from serve.cli import app
+from cli.main import app
 from serve.cluster_launcher import default_serve_config, load_serve_config, with_overrides
 from tests.conftest import REPO_ROOT
 

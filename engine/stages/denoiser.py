@@ -322,10 +322,3 @@ def new_scheduler_from_config(config: dict, overrides: dict | None = None):
     import diffusers
 
     return getattr(diffusers, config["_class_name"]).from_config(config, **(overrides or {}))
-
-
-def load_denoiser(spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False):
-    """The model family's Denoiser (every expert of a two-expert model in it)."""
-    from engine.families import family_of
-
-    return family_of(spec).denoiser(spec, placement or StagePlacement(), compile_transformer)

@@ -90,9 +90,3 @@ def _decode_shape(latents: torch.Tensor) -> tuple:
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> uint8, rounding to nearest (diffusers' export truncates)."""
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
-
-
-def load_vae_decoder(spec: ModelSpec, placement: StagePlacement | None = None, compile_decoder: bool = False):
-    from engine.families import family_of
-
-    return family_of(spec).vae_decoder(spec, placement or StagePlacement(), compile_decoder)

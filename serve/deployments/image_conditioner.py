@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from engine.stage_types import GenerationRequest, ImageConditioning
-from engine.stages.image_conditioner import load_image_conditioner
-from serve.conditioning_cache import first_frame_key, tensor_nbytes
+from engine.stages.loading import load_image_conditioner
+from serve.caches.keys import first_frame_key
+from serve.caches.tensor_values import tensor_nbytes
+from serve.app_config import AppConfig
 from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.deployments.stage_caches import FIRST_FRAME_CACHE, model_identity, open_stage_cache
 
 
 class ImageConditionerDeployment:
-    def __init__(self, config: dict, model: str | None = None):
+    def __init__(self, config: AppConfig, model: str | None = None):
         app_config, spec, placement = load_stage_context(config, "image_encoder", model)
         self.stage = load_image_conditioner(spec, placement)
         self.model_thread = ModelThread(app_config.torch_threads)

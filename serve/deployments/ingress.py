@@ -13,8 +13,8 @@ from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.deployments.stage_caches import CACHE_NAMES, open_stage_cache
-from serve.job_runner import JobRunner, ModelRoute, StageHandles
-from serve.job_store import open_job_store
+from serve.jobs.runner import JobRunner, ModelRoute, StageHandles
+from serve.jobs.open_store import open_job_store
 from serve.metrics import STAGE_DEPLOYMENTS, VideoServeMetrics
 from serve.model_stages import served_spec
 from serve.video_service import VideoService
@@ -45,8 +45,7 @@ def running_stage_replicas(app_name: str) -> dict[str, int]:
 # __serve_build_asgi_app__, so the app and this replica's service are the same objects.
 @serve.ingress()
 class VideoAPIDeployment:
-    def __init__(self, config: dict, routes: dict[str, dict], post_processor, prompt_expander=None):
-        app_config = AppConfig.model_validate(config)
+    def __init__(self, app_config: AppConfig, routes: dict[str, dict], post_processor, prompt_expander=None):
         # Secrets first: a named but missing variable stops this replica before it serves anything.
         self.api_keys = api_keys_from_env(app_config.api.api_keys_env)
         secret = configured_webhook_secret(

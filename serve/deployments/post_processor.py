@@ -9,8 +9,7 @@ from serve.deployments.model_stage import ModelThread
 
 
 class PostProcessorDeployment:
-    def __init__(self, config: dict):
-        app_config = AppConfig.model_validate(config)
+    def __init__(self, app_config: AppConfig):
         settings = app_config.post_processing
         self.stage = PostProcessor(settings.upscaler_model_dir, device=app_config.resolved_device(),
                                    interpolation_model=settings.interpolation_model)

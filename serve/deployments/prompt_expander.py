@@ -8,8 +8,7 @@ from serve.deployments.model_stage import ModelThread
 
 
 class PromptExpanderDeployment:
-    def __init__(self, config: dict):
-        app_config = AppConfig.model_validate(config)
+    def __init__(self, app_config: AppConfig):
         settings = app_config.prompt_expander
         if settings.model is None:
             raise ValueError("PromptExpander deployed without prompt_expander.model")

@@ -7,7 +7,7 @@ import hashlib
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
-from serve.conditioning_cache import ConditioningCache
+from serve.caches.client import ConditioningCache
 
 TEXT_CACHE = "text_embeddings"
 FIRST_FRAME_CACHE = "first_frames"

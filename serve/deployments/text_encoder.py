@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from engine.stage_types import EncodedText, GenerationRequest, TextEmbeddings
 from engine.stages.text_encoder import TextEncoder
-from serve.conditioning_cache import tensor_nbytes, text_embedding_key
+from serve.caches.keys import text_embedding_key
+from serve.caches.tensor_values import tensor_nbytes
+from serve.app_config import AppConfig
 from serve.deployments.model_stage import ModelThread, load_stage_context
 from serve.deployments.stage_caches import TEXT_CACHE, model_identity, open_stage_cache
 
@@ -10,7 +12,7 @@ from serve.deployments.stage_caches import TEXT_CACHE, model_identity, open_stag
 class TextEncoderDeployment:
     """One text encoder, for every model of the app whose text encoder it is (serve/model_stages.py)."""
 
-    def __init__(self, config: dict, model: str | None = None):
+    def __init__(self, config: AppConfig, model: str | None = None):
         app_config, spec, placement = load_stage_context(config, "text_encoder", model)
         self.stage = TextEncoder(spec, placement)
         self.model_thread = ModelThread(app_config.torch_threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model_registry import local_model_directory
+from engine.model_source import local_model_directory
 from engine.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stages.vae_decoder import VaeDecoder

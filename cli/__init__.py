@@ -1,0 +1,1 @@
+"""The ``videoserve`` command: the one package that imports both serve/ and deploy/."""
