@@ -29,7 +29,7 @@ import typer
 from benchmarks.load_generator import latency_summary
 from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadMix, WorkloadRequest, build_workload, open_loop_plan
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("VIDEOSERVE_CACHE_DIR", Path.home() / ".cache" / "videoserve"))
 
@@ -151,7 +151,7 @@ def run_baseline(model: str, requests: Sequence[WorkloadRequest], cache_dir: Pat
         raise ValueError("requests: need at least one request")
     if arrivals is not None and len(arrivals) != len(requests):
         raise ValueError(f"arrivals: {len(arrivals)} offsets for {len(requests)} requests")
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     spec = resolve_model(model, cache_dir)
     check_task(spec, requests)

@@ -26,7 +26,7 @@ import torch
 import typer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("VIDEOSERVE_CACHE_DIR", Path.home() / ".cache" / "videoserve"))
 
@@ -140,7 +140,7 @@ def forward_figures(timings: Sequence[ForwardTiming], peak: MatmulPeak) -> list[
 def load_transformer(spec: ModelSpec) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
-    from engine.model_source import local_model_directory
+    from engine.models.model_source import local_model_directory
 
     root = local_model_directory(spec, "transformer")
     return WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32).eval()
@@ -185,7 +185,7 @@ def main(
     cache_dir: Annotated[Path, typer.Option(envvar="VIDEOSERVE_CACHE_DIR")] = DEFAULT_CACHE_DIR,
 ) -> None:
     from benchmarks.machine import describe_machine
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     try:
         sizes = parse_batch_sizes(batch_sizes)

@@ -12,7 +12,7 @@ the allocator's reserve come on top.
     python -m benchmarks.model_memory [--ranks 4] [--json out.json]
 
 The configs are the ``config.json`` files of the Diffusers-format Hugging Face repos
-named in HUB_PRESETS (engine/model_registry.py), written out here because no hub can be
+named in HUB_PRESETS (engine/models/model_registry.py), written out here because no hub can be
 reached from this machine.
 """
 

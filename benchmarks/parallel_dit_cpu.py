@@ -35,7 +35,7 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     import torch
     import torch.distributed as dist
 
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
     from engine.parallel.communication_log import CommunicationLog
     from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
     from engine.parallel.process_group import RankGroupAddress, join_rank_group
@@ -115,7 +115,7 @@ def main(
     cache_dir: Path = Path("~/.cache/videoserve").expanduser(),
     output: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
 ) -> None:
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     resolve_model(model, cache_dir)  # build the preset once, before any rank races for it
     results = [run_gang(1, "single", model, str(cache_dir), repeats)]

@@ -21,7 +21,7 @@ import typer
 from benchmarks.diffusers_baseline import DiffusersRunner
 from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadRequest
-from engine.model_registry import resolve_model
+from engine.models.model_registry import resolve_model
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
 from engine.video_io import write_mp4

@@ -49,7 +49,7 @@ def _time_rows(spec, transformer, rows: int, repeats: int) -> float:
 
 def _split_worker(model: str, cache_dir: str, threads: int, rows: int, repeats: int, barrier, results) -> None:
     """One of several processes: load the DiT, wait for the others, then time forwards while they do too."""
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     torch.set_num_threads(threads)
     spec = resolve_model(model, Path(cache_dir))
@@ -87,7 +87,7 @@ def main(
     from benchmarks.diffusers_baseline import run_baseline
     from benchmarks.machine import describe_machine
     from benchmarks.workload import WorkloadMix, build_workload
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     try:
         sizes = parse_batch_sizes(rows)

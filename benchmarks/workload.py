@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.video_size import parse_size
+
 # Separate seed streams, so arrival gaps and request contents drawn from one user seed
 # are independent of each other.
 _WORKLOAD_STREAM = 0
@@ -146,13 +148,6 @@ class WorkloadRequest:
         if self.negative_prompt is not None:
             fields["negative_prompt"] = self.negative_prompt
         return fields
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    parts = size.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise ValueError(f"size must look like WIDTHxHEIGHT with positive integers, e.g. 128x96 (got {size!r})")
-    return int(parts[0]), int(parts[1])
 
 
 def prompt_pool(mix: WorkloadMix, seed: int) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from deploy.cli import deploy_app
+from engine import video_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Serve and run text/image-to-video models (Wan 2.1, Wan 2.2, LTX-Video).")
@@ -24,15 +25,14 @@ CacheDirOption = Annotated[
 ]
 
 
-def parse_size(value: str | None) -> tuple[int | None, int | None]:
+def parse_size_option(value: str | None) -> tuple[int | None, int | None]:
     """'832x480' -> (width, height)."""
     if value is None:
         return None, None
     try:
-        width, height = (int(part) for part in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"size must look like WIDTHxHEIGHT, e.g. 832x480 (got {value!r})") from None
-    return width, height
+        return video_size.parse_size(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def quiet_library_output() -> None:
@@ -68,7 +68,7 @@ def generate(
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Generate one video, in this process or on a server (--server), with a progress bar."""
-    from engine.model_registry import ModelNotFoundError, resolve_model
+    from engine.models.model_registry import ModelNotFoundError, resolve_model
     from engine.request_validation import RequestValidationError, validate_generation
     from engine.stage_placement import default_device
     from engine.staged_pipeline import StagedPipeline, save_frames
@@ -84,7 +84,7 @@ def generate(
         _generate_on_server(server, {key: value for key, value in fields.items() if value is not None}, image, output)
         return
     quiet_library_output()
-    width, height = parse_size(size)
+    width, height = parse_size_option(size)
     raw = {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
@@ -263,9 +263,9 @@ CONFIG_HEADER = """\
 @app.command()
 def models() -> None:
     """List the model presets: built-in (random weights, offline) and the published checkpoints."""
-    from engine.builtin_presets import BUILTIN_PRESETS
+    from engine.models.builtin_presets import BUILTIN_PRESETS
     from engine.families import family_for_pipeline
-    from engine.model_registry import HUB_PRESETS
+    from engine.models.model_registry import HUB_PRESETS
 
     def tasks(values) -> str:
         return "+".join(sorted(task.value for task in values))

@@ -49,7 +49,7 @@ PLACEHOLDER_DASHBOARD: dict[str, Any] = {
 
 def serve_defaults() -> dict[str, Any]:
     """What the chart's serveConfigV2 template starts from, taken from serve/ and engine/."""
-    from engine.model_registry import model_tasks, preset_names
+    from engine.models.model_registry import model_tasks, preset_names
     from serve.app_builder import deployment_names
     from serve.app_config import AppConfig
     from serve.cluster_launcher import default_serve_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.model_spec import LatentGeometry
+from engine.models.model_spec import LatentGeometry
 from engine.stage_types import GenerationRequest
 
 

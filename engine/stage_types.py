@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 
 
 @dataclass(frozen=True)

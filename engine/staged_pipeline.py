@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.model_spec import ModelSpec, Task
+from engine.models.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, Frames, GenerationRequest, VideoArtifact
 from engine.stages.denoiser import StepCallback

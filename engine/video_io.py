@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.frame_array import checked_frames
 from engine.stage_types import Frames
 
 
@@ -16,7 +17,7 @@ def write_mp4(frames: Frames, path: str | Path, crf: int = 18) -> Path:
     import imageio_ffmpeg
 
     path = Path(path)
-    array = _checked(frames.frames)
+    array = checked_frames(frames.frames)
     num_frames, height, width, _ = array.shape
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even sides (got {width}x{height})")
@@ -47,7 +48,7 @@ def write_mp4(frames: Frames, path: str | Path, crf: int = 18) -> Path:
 def write_npy(frames: Frames, path: str | Path) -> Path:
     """The exact uint8 frames [F, H, W, 3], for lossless comparison and post-processing."""
     path = Path(path)
-    array = _checked(frames.frames)
+    array = checked_frames(frames.frames)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(path)
     try:
@@ -57,12 +58,6 @@ def write_npy(frames: Frames, path: str | Path) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
-
-
-def _checked(array: np.ndarray) -> np.ndarray:
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [F, H, W, 3] (got {array.dtype} {list(array.shape)})")
-    return array
 
 
 def _temporary_sibling(path: Path) -> Path:

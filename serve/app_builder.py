@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.parallel.parallel_dit import check_family_supports, check_parallel_degree
 from serve.app_config import AppConfig
 from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS, merge_options

@@ -171,7 +171,7 @@ class ModelConfig(_Strict):
         """The model's id: its name, else what the registry calls the source (computed without loading it)."""
         if self.name is not None:
             return self.name
-        from engine.model_registry import preset_names
+        from engine.models.model_registry import preset_names
 
         if self.source in preset_names():
             return self.source

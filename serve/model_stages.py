@@ -2,7 +2,7 @@
 
 Every model gets its own Denoiser (each scales on its own). A text encoder, image
 conditioner or VAE decoder is deployed once for all the models whose weights for it are
-byte-identical (engine/component_fingerprint.py) and that run it the same way (same
+byte-identical (engine/models/component_fingerprint.py) and that run it the same way (same
 family, text length, conditioning layout): the UMT5 encoder every Wan model shares, the
 Wan 2.1 VAE that Wan 2.2 A14B reuses. A model whose files are not on this machine yet
 (a hub preset not downloaded) shares nothing.
@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
-from engine.model_spec import ModelSpec, Task
+from engine.models.model_spec import ModelSpec, Task
 from serve.app_config import AppConfig
 
 # The per-model stages, in the order a request passes them; the stage each loads weights for.
@@ -51,7 +51,7 @@ class StagePlan:
 
 def served_spec(config: AppConfig, model: str) -> ModelSpec:
     """The model's spec under the name the app serves it as (building a built-in preset on first use)."""
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     entry = config.model_entry(model)
     return replace(resolve_model(entry.source, config.resolved_cache_dir()), name=model)
@@ -63,7 +63,7 @@ def stage_kinds(tasks: frozenset[Task]) -> list[str]:
 
 def stage_identity(spec: ModelSpec, kind: str) -> Hashable | None:
     """What makes two models' ``kind`` stages interchangeable; None when it cannot be known (nothing is shared)."""
-    from engine.component_fingerprint import components_fingerprint
+    from engine.models.component_fingerprint import components_fingerprint
 
     if kind == "Denoiser":
         return None
@@ -109,7 +109,7 @@ def plan_stages(config: AppConfig, tasks_of: Callable[[str], frozenset[Task]],
 
 def app_stage_plan(config: AppConfig) -> StagePlan:
     """The plan for ``config``, reading each model's tasks and weights where they are on this machine."""
-    from engine.model_registry import ModelNotFoundError, model_tasks
+    from engine.models.model_registry import ModelNotFoundError, model_tasks
 
     specs: dict[str, ModelSpec | None] = {}
 
@@ -135,8 +135,8 @@ def _on_this_machine(source: str) -> bool:
     """A built-in preset, a directory, or a hub preset already in the local cache."""
     from pathlib import Path
 
-    from engine.builtin_presets import BUILTIN_PRESETS
-    from engine.model_registry import HUB_PRESETS
+    from engine.models.builtin_presets import BUILTIN_PRESETS
+    from engine.models.model_registry import HUB_PRESETS
 
     if source in BUILTIN_PRESETS or Path(source).expanduser().is_dir():
         return True

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.stage_types import GenerationRequest
 from serve.api.video_object import VideoObject, video_object
 from serve.app_config import AppConfig

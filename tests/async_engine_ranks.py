@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from engine.async_denoise_engine import AsyncDenoiseEngine, DenoiseDone
-from engine.denoise_scheduler import SchedulerConfig
-from engine.model_registry import resolve_model
+from engine.batching.async_denoise_engine import AsyncDenoiseEngine, DenoiseDone
+from engine.batching.denoise_scheduler import SchedulerConfig
+from engine.models.model_registry import resolve_model
 from engine.parallel.collective_peers import CollectivePeers, run_rank_mirror
 from engine.parallel.communication_log import CommunicationLog
 from engine.parallel.parallel_dit import parallelize_denoiser

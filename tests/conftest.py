@@ -21,14 +21,14 @@ def preset_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_spec(preset_cache):
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     return resolve_model("tiny", preset_cache)
 
 
 @pytest.fixture(scope="session")
 def tiny_i2v_spec(preset_cache):
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
 
     return resolve_model("tiny-i2v", preset_cache)
 
@@ -41,7 +41,7 @@ class _PresetSpecs(dict):
         self.cache = cache
 
     def __missing__(self, name: str):
-        from engine.model_registry import resolve_model
+        from engine.models.model_registry import resolve_model
 
         self[name] = resolve_model(name, self.cache)
         return self[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.model_spec import ModelSpec, Task
+from engine.models.model_spec import ModelSpec, Task
 from engine.stage_types import GenerationRequest
 from engine.stages.image_conditioner import decode_image
 from engine.stages.vae_decoder import to_uint8

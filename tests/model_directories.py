@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.random_tokenizer import build_tokenizer
+from engine.models.random_tokenizer import build_tokenizer
 
 _FLOW = dict(prediction_type="flow_prediction", use_flow_sigmas=True)
 

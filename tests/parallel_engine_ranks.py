@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.denoise_engine import DenoiseEngine, FinishedEvent, StepEvent
-from engine.denoise_scheduler import SchedulerConfig
-from engine.model_registry import resolve_model
+from engine.batching.denoise_engine import DenoiseEngine, FinishedEvent, StepEvent
+from engine.batching.denoise_scheduler import SchedulerConfig
+from engine.models.model_registry import resolve_model
 from engine.parallel.collective_peers import CollectivePeers, run_rank_mirror
 from engine.parallel.communication_log import CommunicationLog
 from engine.parallel.parallel_dit import parallelize_denoiser

@@ -46,7 +46,7 @@ class ModelCase:
     """
 
     name: str
-    spec: Any  # engine.model_spec.ModelSpec
+    spec: Any  # engine.models.model_spec.ModelSpec
     config_changes: dict[str, Any] = field(default_factory=dict)
     with_image: bool = False
     # Wan 2.2 TI2V: one timestep per token, the first latent frame's at 0 (the image-to-video layout).

@@ -57,7 +57,7 @@ class ModelCase:
     """
 
     name: str
-    spec: Any  # engine.model_spec.ModelSpec
+    spec: Any  # engine.models.model_spec.ModelSpec
     config_changes: dict[str, Any] = field(default_factory=dict)
     with_image: bool = False
     dtype: str = "float32"  # the DiT's dtype, as StagePlacement names it

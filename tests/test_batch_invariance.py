@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.denoise_engine import DenoiseEngine, DroppedEvent, FinishedEvent, InProcessExecutor, StepEvent
-from engine.denoise_scheduler import SchedulerConfig
+from engine.batching.denoise_engine import DenoiseEngine, DroppedEvent, FinishedEvent, InProcessExecutor, StepEvent
+from engine.batching.denoise_scheduler import SchedulerConfig
 from engine.request_validation import validate_generation
 from tests.conftest import image_bytes
 

@@ -88,7 +88,7 @@ EVERY_FAMILY_AND_TASK = [
 @pytest.mark.parametrize("model,task,size,frames,steps,guidance,guidance_2", EVERY_FAMILY_AND_TASK)
 def test_generate_lossless_frames_equal_diffusers(preset_specs, tmp_path, model, task, size, frames, steps, guidance,
                                                   guidance_2):
-    from engine.model_spec import Task
+    from engine.models.model_spec import Task
     from tests.diffusers_reference import diffusers_pipeline, reference
 
     spec = preset_specs[model]

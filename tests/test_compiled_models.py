@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.denoise_engine import DenoiseEngine, FinishedEvent, InProcessExecutor
-from engine.denoise_scheduler import SchedulerConfig
+from engine.batching.denoise_engine import DenoiseEngine, FinishedEvent, InProcessExecutor
+from engine.batching.denoise_scheduler import SchedulerConfig
 from engine.request_validation import validate_generation
 from engine.stages.loading import load_denoiser
 from engine.stages.loading import image_embed_tokens
@@ -109,7 +109,7 @@ def test_image_to_video_steps_compile_with_the_image_encoders_token_count(tiny_i
 
 
 def test_both_experts_of_a_two_expert_model_compile_and_equal_eager(preset_cache):
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
     from engine.staged_pipeline import StagedPipeline
 
     spec = resolve_model("tiny-wan22-moe", preset_cache)
@@ -132,7 +132,7 @@ def test_warm_up_without_compilation_is_refused(tiny_spec):
 def test_a_denoiser_replica_with_compile_on_serves_compiled_steps(tiny_pipeline, preset_cache, ray_cluster):
     import asyncio
 
-    from engine.async_denoise_engine import DenoiseDone
+    from engine.batching.async_denoise_engine import DenoiseDone
     from serve.app_config import AppConfig
     from serve.deployments.denoiser import DenoiserDeployment
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from engine.denoise_scheduler import (
+from engine.batching.denoise_scheduler import (
     DenoiseScheduler,
     ScheduledRequest,
     SchedulerConfig,
@@ -566,7 +566,7 @@ def test_a_random_workload_keeps_every_invariant_at_every_step(seed):
 
 DETERMINISM_SCRIPT = """
 import random
-from engine.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, StepResult
+from engine.batching.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, StepResult
 
 rng = random.Random(11)
 scheduler = DenoiseScheduler(SchedulerConfig(max_batch_size=2, max_tokens_per_step=6))
@@ -597,7 +597,7 @@ def test_the_same_calls_give_the_same_outputs_whatever_the_hash_seed():
 
 def test_importing_the_scheduler_loads_no_torch_numpy_or_ray():
     result = run_python(
-        "import sys, engine.denoise_scheduler\n"
+        "import sys, engine.batching.denoise_scheduler\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'ray')))",
         timeout=60,
     )
@@ -606,7 +606,7 @@ def test_importing_the_scheduler_loads_no_torch_numpy_or_ray():
 
 
 def test_the_scheduler_source_imports_no_torch_numpy_or_ray_anywhere():
-    source = (REPO_ROOT / "engine" / "denoise_scheduler.py").read_text()
+    source = (REPO_ROOT / "engine" / "batching" / "denoise_scheduler.py").read_text()
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

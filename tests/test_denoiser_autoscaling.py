@@ -41,8 +41,8 @@ def test_denoiser_reports_its_engine_backlog(tiny_spec, preset_cache):
 
     import torch
 
-    from engine.async_denoise_engine import AsyncDenoiseEngine
-    from engine.denoise_scheduler import SchedulerConfig
+    from engine.batching.async_denoise_engine import AsyncDenoiseEngine
+    from engine.batching.denoise_scheduler import SchedulerConfig
     from engine.request_validation import validate_generation
     from engine.stage_types import TextEmbeddings
     from serve.app_config import AppConfig

@@ -11,7 +11,7 @@ from multiprocessing import get_context
 import pytest
 import torch
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.request_validation import validate_generation
 from tests.conftest import REPO_ROOT, image_bytes, run_python
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 from engine.request_validation import validate_generation
 from tests.conftest import image_bytes
 from tests.diffusers_reference import diffusers_pipeline, reference
@@ -52,7 +52,7 @@ def model_directories(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(preset_specs, model_directories):
     """model -> (spec, StagedPipeline, {task: diffusers pipeline}), each loaded once."""
-    from engine.model_registry import resolve_model
+    from engine.models.model_registry import resolve_model
     from engine.staged_pipeline import StagedPipeline
 
     cache = {}

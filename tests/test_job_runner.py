@@ -178,7 +178,7 @@ class _SteppingDenoiser:
         return self
 
     def remote(self, *args):
-        from engine.async_denoise_engine import DenoiseDone, DenoiseProgress
+        from engine.batching.async_denoise_engine import DenoiseDone, DenoiseProgress
 
         outer = self
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.builtin_presets import BUILDER_VERSION, PRESET_METADATA_FILE
-from engine.model_registry import HUB_PRESETS, ModelNotFoundError, resolve_model
-from engine.model_spec import Task
+from engine.models.builtin_presets import BUILDER_VERSION, PRESET_METADATA_FILE
+from engine.models.model_registry import HUB_PRESETS, ModelNotFoundError, resolve_model
+from engine.models.model_spec import Task
 from tests.conftest import run_python
 
 
@@ -28,7 +28,7 @@ def test_builtin_presets_are_deterministic_across_processes(tmp_path):
     # Two fresh interpreters stand in for two machines.
     digests = []
     for name in ("a", "b"):
-        code = f"from engine.model_registry import resolve_model; print(resolve_model('tiny-i2v', '{tmp_path / name}').source)"
+        code = f"from engine.models.model_registry import resolve_model; print(resolve_model('tiny-i2v', '{tmp_path / name}').source)"
         result = run_python(code)
         assert result.returncode == 0, result.stderr
         digests.append(_tree_digest(Path(result.stdout.strip().splitlines()[-1])))
@@ -74,7 +74,7 @@ def test_builtin_preset_is_a_real_diffusers_checkpoint(preset_cache, name):
 
 
 def test_tiny_wan_presets_share_their_text_encoder_and_wan21_vae_byte_for_byte(preset_cache):
-    from engine.component_fingerprint import components_fingerprint
+    from engine.models.component_fingerprint import components_fingerprint
 
     def fingerprint(name, *components):
         return components_fingerprint(resolve_model(name, preset_cache).source, components)
@@ -128,7 +128,7 @@ def test_named_presets_point_at_the_diffusers_repos_with_their_published_setting
 def test_named_preset_offline_without_cache_is_a_clear_error(tmp_path):
     code = textwrap.dedent(
         """
-        from engine.model_registry import ModelNotFoundError, resolve_model
+        from engine.models.model_registry import ModelNotFoundError, resolve_model
         try:
             resolve_model("wan2.1-t2v-14b", "unused")
         except ModelNotFoundError as error:
@@ -152,7 +152,7 @@ def test_named_preset_loads_from_the_local_hub_cache_offline(preset_cache, tmp_p
     (repo / "refs" / "main").write_text(revision)
     code = textwrap.dedent(
         """
-        from engine.model_registry import resolve_model
+        from engine.models.model_registry import resolve_model
         from engine.stages.text_encoder import TextEncoder
         spec = resolve_model("wan2.1-t2v-1.3b", "unused")
         embeds = TextEncoder(spec).encode_text("a cat")

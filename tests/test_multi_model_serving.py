@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 from engine.request_validation import validate_generation
 from tests.conftest import image_bytes
 from tests.diffusers_reference import diffusers_pipeline, reference

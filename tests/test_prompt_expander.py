@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.builtin_llm_presets import (
+from engine.models.builtin_llm_presets import (
     BUILTIN_LLM_PRESETS,
     CHATML_TEMPLATE,
     IM_END_TOKEN,
@@ -22,7 +22,7 @@ from engine.builtin_llm_presets import (
     build_chat_tokenizer,
     builtin_llm_dir,
 )
-from engine.model_registry import ModelNotFoundError
+from engine.models.model_registry import ModelNotFoundError
 from engine.stages.prompt_expander import DEFAULT_SYSTEM_PROMPT, PromptExpander, PromptExpanderConfig
 from tests.conftest import run_python
 
@@ -57,7 +57,7 @@ def test_tiny_llm_preset_is_deterministic_across_processes(tmp_path):
     digests = []
     for name in ("a", "b"):
         code = (
-            "from engine.builtin_llm_presets import builtin_llm_dir; "
+            "from engine.models.builtin_llm_presets import builtin_llm_dir; "
             f"print(builtin_llm_dir('tiny-llm', '{tmp_path / name}'))"
         )
         result = run_python(code)
@@ -243,7 +243,7 @@ def test_unknown_model_that_is_not_a_directory_is_refused(preset_cache, model):
 def test_hub_repo_missing_offline_is_a_clear_error(tmp_path):
     code = (
         "from engine.stages.prompt_expander import PromptExpander, PromptExpanderConfig\n"
-        "from engine.model_registry import ModelNotFoundError\n"
+        "from engine.models.model_registry import ModelNotFoundError\n"
         "try:\n"
         f"    PromptExpander(PromptExpanderConfig(model='nobody/no-such-llm'), '{tmp_path}')\n"
         "except ModelNotFoundError as error:\n"

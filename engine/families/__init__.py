@@ -9,7 +9,7 @@ from __future__ import annotations
 from engine.families.family import ModelFamily
 from engine.families.ltx import LTX_FAMILY
 from engine.families.wan import WAN_FAMILY
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (WAN_FAMILY, LTX_FAMILY)}
 

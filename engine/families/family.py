@@ -14,13 +14,13 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from engine.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
+from engine.models.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from engine.model_spec import ModelSpec
+    from engine.models.model_spec import ModelSpec
     from engine.stage_placement import StagePlacement
     from engine.stage_types import (
         DenoiseTask,

@@ -24,7 +24,7 @@ import subprocess
 
 import numpy as np
 
-from engine.post_processing.frame_array import checked_frames
+from engine.frame_array import checked_frames
 
 MAX_INTERPOLATE_FPS = 120
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.post_processing.frame_array import checked_frames
+from engine.frame_array import checked_frames
 from engine.post_processing.frame_interpolation import check_interpolate_fps
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.post_processing.frame_array import checked_frames
+from engine.frame_array import checked_frames
 from engine.post_processing.frame_interpolation import (
     MAX_INTERPOLATE_FPS,
     check_interpolate_fps,

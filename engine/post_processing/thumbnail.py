@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.post_processing.frame_array import checked_frames
+from engine.frame_array import checked_frames
 
 THUMBNAIL_FORMATS = ("JPEG", "PNG")
 JPEG_QUALITY = 90

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.post_processing.frame_array import checked_frames
+from engine.frame_array import checked_frames
 
 LANCZOS_FACTORS = (2, 3, 4)
 

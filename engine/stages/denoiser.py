@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from engine.compiled_transformer import CompiledTransformer, StepShape
-from engine.model_spec import ModelSpec, Task
+from engine.compiling.compiled_transformer import CompiledTransformer, StepShape
+from engine.models.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, Latents, TextEmbeddings
 

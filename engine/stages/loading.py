@@ -8,7 +8,7 @@ stages, and this module, above both, picks the family.
 from __future__ import annotations
 
 from engine.families import family_of
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from engine.builtin_llm_presets import BUILTIN_LLM_PRESETS, builtin_llm_dir
-from engine.model_registry import ModelNotFoundError
+from engine.models.builtin_llm_presets import BUILTIN_LLM_PRESETS, builtin_llm_dir
+from engine.models.model_registry import ModelNotFoundError
 from engine.stage_placement import StagePlacement
 
 DEFAULT_SYSTEM_PROMPT = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import GenerationRequest, TextEmbeddings
 

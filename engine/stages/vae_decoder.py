@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.compiled_for_shapes import CompiledForShapes
-from engine.model_spec import ModelSpec
+from engine.compiling.compiled_for_shapes import CompiledForShapes
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import Frames, Latents
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
+from engine.video_size import parse_size
 from engine.request_validation import RequestValidationError, validate_generation
 from engine.stage_types import GenerationRequest
 from serve.api.errors import APIError
@@ -108,7 +109,10 @@ def generation_request(fields: CreateVideoFields, image: bytes | None, spec: Mod
             raw[name] = value
     renamed = {"image": "input_reference"}
     if fields.size is not None:
-        raw["width"], raw["height"] = _parse_size(fields.size)
+        try:
+            raw["width"], raw["height"] = parse_size(fields.size)
+        except ValueError as error:
+            raise APIError(400, str(error), param="size", code="invalid_value") from None
         renamed |= {"width": "size", "height": "size"}
     if fields.seconds is not None and fields.num_frames is None:
         fps = fields.fps or spec.defaults.fps
@@ -157,14 +161,6 @@ def check_options(fields: CreateVideoFields, request: GenerationRequest, expande
         interpolate_fps=fields.interpolate_fps,
         upscale=fields.upscale if fields.upscale and fields.upscale > 1 else None,
     )
-
-
-def _parse_size(size: str) -> tuple[int, int]:
-    parts = size.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
-        raise APIError(400, f"size: must look like WIDTHxHEIGHT, e.g. 832x480 (got {size!r})", param="size",
-                       code="invalid_value")
-    return int(parts[0]), int(parts[1])
 
 
 def _too_large(max_bytes: int) -> APIError:

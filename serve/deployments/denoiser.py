@@ -14,9 +14,9 @@ import functools
 import time
 from collections.abc import AsyncIterator
 
-from engine.async_denoise_engine import AsyncDenoiseEngine, DenoiseDone, DenoiseDropped, DenoiseProgress
-from engine.denoise_engine import InProcessExecutor
-from engine.denoise_scheduler import SchedulerConfig
+from engine.batching.async_denoise_engine import AsyncDenoiseEngine, DenoiseDone, DenoiseDropped, DenoiseProgress
+from engine.batching.denoise_engine import InProcessExecutor
+from engine.batching.denoise_scheduler import SchedulerConfig
 from engine.parallel.rank_group_executor import RankFailed
 from engine.stage_types import GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.loading import load_denoiser

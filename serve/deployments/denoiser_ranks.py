@@ -21,7 +21,7 @@ from engine.parallel.communication_log import CommunicationLog
 from engine.families.family import Denoising
 from engine.parallel.parallel_dit import needs_deepspeed, parallelize_denoiser
 from engine.parallel.process_group import RankGroupAddress, join_rank_group
-from engine.denoise_engine import StepEvent
+from engine.batching.denoise_engine import StepEvent
 from engine.parallel.rank_group_executor import RankFailed, RankGroupExecutor, RankMirror, StepMessage
 from engine.stages.loading import load_denoiser
 from serve.app_config import AppConfig

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
 from serve.model_stages import served_spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from engine.model_spec import ModelSpec
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from serve.app_config import AppConfig
 from serve.caches.client import ConditioningCache

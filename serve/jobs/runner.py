@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine.async_denoise_engine import DenoiseDone, DenoiseProgress
-from engine.model_spec import ModelSpec, Task
+from engine.batching.async_denoise_engine import DenoiseDone, DenoiseProgress
+from engine.models.model_spec import ModelSpec, Task
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessResult
 from engine.stage_types import GenerationRequest
 from serve.app_config import AppConfig

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 
 if TYPE_CHECKING:  # the store reads specs without loading torch
     from engine.stage_types import GenerationRequest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.families.family import ModelFamily
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 from engine.families.ltx.traits import BOTH_TASKS, LTX_PIPELINES, read_traits
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.model_source import local_model_directory
-from engine.model_spec import ModelSpec
+from engine.models.model_source import local_model_directory
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import BatchedDenoiser, DenoiseState

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.random_tokenizer import build_tokenizer
+from engine.models.random_tokenizer import build_tokenizer
 
 # LTX-Video's published scheduler: flow-match Euler with a shift that follows the token count.
 LTX_SCHEDULER_CONFIG = dict(

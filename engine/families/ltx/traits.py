@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from engine.families.config_reading import config_value, shift_key, size_rule
 from engine.families.family import CheckpointTraits
-from engine.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
+from engine.models.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
 
 BOTH_TASKS = frozenset({Task.TEXT_TO_VIDEO, Task.IMAGE_TO_VIDEO})
 LTX_PIPELINES = {"LTXPipeline": BOTH_TASKS, "LTXImageToVideoPipeline": BOTH_TASKS}

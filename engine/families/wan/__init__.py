@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.families.family import ModelFamily
-from engine.model_spec import Task
+from engine.models.model_spec import Task
 from engine.families.wan.traits import WAN_PIPELINES, read_traits, tasks_of
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from engine.initial_noise import initial_latents
-from engine.model_source import local_model_directory
-from engine.model_spec import ModelSpec
+from engine.models.model_source import local_model_directory
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import BatchedDenoiser, DenoiseState

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.model_source import local_model_directory
-from engine.model_spec import ModelSpec
+from engine.models.model_source import local_model_directory
+from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import GenerationRequest, ImageConditioning
 from engine.stages.image_conditioner import decode_image

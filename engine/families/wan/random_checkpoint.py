@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.model_spec import Task
-from engine.random_tokenizer import build_tokenizer
+from engine.models.model_spec import Task
+from engine.models.random_tokenizer import build_tokenizer
 
 # The scheduler configuration the Wan Diffusers checkpoints ship.
 WAN_SCHEDULER_CONFIG = dict(

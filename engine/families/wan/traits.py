@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from engine.families.config_reading import config_value, shift_key, size_rule
 from engine.families.family import CheckpointTraits
-from engine.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
+from engine.models.model_spec import GenerationDefaults, GenerationLimits, LatentGeometry, Task
 
 # Wan 2.1's own default negative prompt (from the Wan repository's shared config), which
 # Wan 2.2's model cards use too.

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine.compiled_for_shapes import CompiledForShapes
+from engine.compiling.compiled_for_shapes import CompiledForShapes
 
 MIN_COMPILED_ROWS = 2
 

@@ -1,6 +1,6 @@
 """Offline LLM presets for the prompt-expansion stage: a real transformers class, random weights.
 
-Like the Wan presets in ``engine/builtin_presets.py``, ``tiny-llm`` cannot be downloaded
+Like the Wan presets in ``engine/models/builtin_presets.py``, ``tiny-llm`` cannot be downloaded
 here, so it is built on first use from the same class as Qwen2.5-Instruct
 (``Qwen2ForCausalLM``) with a tiny config and seeded random weights, plus a byte-level
 BPE tokenizer built in memory with a ChatML chat template. Both are written with
@@ -17,8 +17,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.builtin_presets import PRESET_METADATA_FILE
-from engine.preset_cache import build_once
+from engine.models.builtin_presets import PRESET_METADATA_FILE
+from engine.models.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
 LLM_BUILDER_VERSION = 1

@@ -1,4 +1,4 @@
-"""The one frame-array shape every post-processing step takes and returns."""
+"""The one frame-array shape every writer and post-processing step takes and returns."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from engine.families.ltx.random_checkpoint import RandomLTXArchitecture, save_ra
 from engine.families.ltx.traits import LTX_DEFAULT_NEGATIVE_PROMPT
 from engine.families.wan.random_checkpoint import RandomWanArchitecture, save_random_wan_pipeline
 from engine.families.wan.traits import WAN_DEFAULT_NEGATIVE_PROMPT
-from engine.model_spec import GenerationDefaults, Task
-from engine.preset_cache import build_once
+from engine.models.model_spec import GenerationDefaults, Task
+from engine.models.preset_cache import build_once
 
 # Bump when the construction below changes, so caches built by older code are not reused.
 BUILDER_VERSION = 4

@@ -6,7 +6,7 @@ loop body. Requests join and leave between steps; an abort or a passed deadline 
 effect at the next step.
 
 One thread drives an engine: every method, adds and aborts included, is called from it
-(engine/async_denoise_engine.py queues them to its step thread), so nothing here locks.
+(engine/batching/async_denoise_engine.py queues them to its step thread), so nothing here locks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, SchedulerLoad, StepResult
+from engine.batching.denoise_scheduler import DenoiseScheduler, ScheduledRequest, SchedulerConfig, SchedulerLoad, StepResult
 from engine.parallel.communication_log import CommunicationVolume
 from engine.stage_types import DenoiseTask, Latents
 from engine.families.family import Denoising

@@ -19,12 +19,12 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE, builtin_preset_dir
+from engine.models.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE, builtin_preset_dir
 from engine.families import UnsupportedPipelineError, family_for_pipeline
-from engine.model_source import ModelNotFoundError
+from engine.models.model_source import ModelNotFoundError
 from engine.families.ltx.traits import LTX_DEFAULT_NEGATIVE_PROMPT
 from engine.families.wan.traits import WAN_DEFAULT_NEGATIVE_PROMPT
-from engine.model_spec import GenerationDefaults, GenerationLimits, ModelSpec, Task
+from engine.models.model_spec import GenerationDefaults, GenerationLimits, ModelSpec, Task
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.model_spec import ModelSpec
+    from engine.models.model_spec import ModelSpec
 
 
 class ModelNotFoundError(ValueError):

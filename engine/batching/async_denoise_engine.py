@@ -18,8 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.denoise_engine import DenoiseEngine, DroppedEvent, EngineEvent, Executor, FinishedEvent, StepEvent
-from engine.denoise_scheduler import SchedulerConfig, SchedulerLoad
+from engine.batching.denoise_engine import DenoiseEngine, DroppedEvent, EngineEvent, Executor, FinishedEvent, StepEvent
+from engine.batching.denoise_scheduler import SchedulerConfig, SchedulerLoad
 from engine.stage_types import DenoiseTask, Latents
 
 logger = logging.getLogger("videoserve.engine")
