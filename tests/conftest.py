@@ -1,17 +1,15 @@
-"""Shared fixtures: tiny presets built once per session, loaded through from_pretrained."""
+"""Shared fixtures: tiny presets built once per session, loaded through from_pretrained.
+
+Tests live in layers, each marked after its folder so one layer runs alone
+(``pytest -m unit``, ``-m cluster``, ``-m multiprocess``); ``make test`` runs them all.
+"""
 
 from __future__ import annotations
 
-import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -85,27 +83,15 @@ def tiny_i2v_pipeline(tiny_i2v_spec):
     return StagedPipeline.load(tiny_i2v_spec)
 
 
-def image_bytes(width: int, height: int, image_format: str = "PNG", seed: int = 0) -> bytes:
-    """A random RGB picture encoded in ``image_format``."""
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, image_format)
-    return buffer.getvalue()
+from tests.support.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, once per session)
+from tests.support.serving_cluster import ray_cluster, serve_port  # noqa: E402,F401
 
 
-def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (a stand-in for another machine or process)."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+LAYERS = ("unit", "cluster", "multiprocess")
 
 
-from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, once per session)
-from tests.serving_cluster import ray_cluster, serve_port  # noqa: E402,F401
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))

@@ -1,0 +1,1 @@
+"""What the tests share: paths and subprocesses, images, served-app fixtures, rank scripts, references."""

@@ -1,0 +1,251 @@
+"""Job runner policies and API back-pressure, without a Ray cluster.
+
+The runner talks to stages through Ray Serve handles; no real stage can be made to fail
+on demand, so the failing stage here is a stand-in object with the handle's call shape.
+Everything else (job store, artifact store, metrics, FastAPI routes) is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.api.create_request import create_from_fields, parse_create_fields
+from serve.api.routes import create_api
+from serve.app_config import AppConfig
+from serve.artifact_store import ArtifactStore
+from serve.jobs.runner import JobRunner, ModelRoute, StageHandles
+from serve.jobs.open_store import open_job_store
+from serve.jobs.store import JobRecord, JobStatus
+from serve.metrics import VideoServeMetrics
+from serve.video_service import VideoService
+
+
+class _CrashingStage:
+    """Stands in for a DeploymentHandle method whose replica keeps crashing."""
+
+    calls = 0
+
+    def remote(self, *args):
+        _CrashingStage.calls += 1
+        return self._crash()  # awaited by the runner as a DeploymentResponse is
+
+    async def _crash(self):
+        raise RuntimeError("text encoder replica crashed")
+
+
+class _StageHandleStandIn:
+    encode = _CrashingStage()
+
+
+def _service(tmp_path, spec, **jobs):
+    config = AppConfig(storage={"state_dir": str(tmp_path)}, jobs={"lease_seconds": 5, "poll_interval_seconds": 0.01, **jobs})
+    store = open_job_store(config.storage.resolved_job_store_url())
+    metrics = VideoServeMetrics(lambda: {s.value: n for s, n in store.count_by_status().items()})
+    artifacts = ArtifactStore(config.storage.resolved_artifact_dir())
+    return config, store, metrics, artifacts
+
+
+def _queued_job(spec, store, job_id="video_poisoned"):
+    now = time.time()
+    engine = {"prompt": "a", "negative_prompt": "", "width": 32, "height": 32, "num_frames": 5,
+              "num_inference_steps": 1, "guidance_scale": 1.0, "flow_shift": 3.0, "seed": 1, "fps": 16}
+    store.create(JobRecord(id=job_id, model=spec.name, created_at=now, updated_at=now,
+                           params={"engine": engine, "options": {}}))
+
+
+def test_a_poisoned_job_is_retried_a_bounded_number_of_times_then_fails_with_its_reason(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=3)
+    _queued_job(tiny_spec, store)
+    handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics, webhooks=None)
+    _CrashingStage.calls = 0
+
+    async def run_until_final():
+        runner.start()
+        try:
+            while store.get("video_poisoned").status not in (JobStatus.FAILED, JobStatus.COMPLETED):
+                await asyncio.sleep(0.02)
+        finally:
+            await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    job = store.get("video_poisoned")
+    assert job.status is JobStatus.FAILED
+    assert job.attempts == 3 == _CrashingStage.calls
+    assert "failed after 3 attempts" in job.error_message and "text encoder replica crashed" in job.error_message
+    assert metrics.job_retries._value.get() == 2
+    assert metrics.jobs_finished.labels("failed")._value.get() == 1
+
+
+def test_jobs_queued_through_this_replica_are_claimed_without_waiting_for_the_poll(tmp_path, tiny_spec):
+    # The store poll is an hour apart: both runs of the job (the first, and the retry after
+    # its failure) can only start because the create and the re-queue pushed a wake-up.
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=2, poll_interval_seconds=3600)
+    handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics, webhooks=None)
+    service = VideoService(config, {tiny_spec.name: tiny_spec}, store, artifacts, metrics, runner, expander_enabled=False)
+    assert service.updates is runner.updates
+    _CrashingStage.calls = 0
+
+    async def create_and_run():
+        runner.start()
+        await asyncio.sleep(0.1)  # the claim loop has found nothing and waits
+        try:
+            created = await create_from_fields(service, parse_create_fields({"prompt": "a"}), None)
+            while store.get(created.id).status is not JobStatus.FAILED:
+                await asyncio.sleep(0.02)
+            return created.id
+        finally:
+            await runner.stop()
+
+    job_id = asyncio.run(asyncio.wait_for(create_and_run(), timeout=60))
+    assert store.get(job_id).attempts == 2 == _CrashingStage.calls
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_keeps_serving(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec, max_queued=2)
+    api = create_api()
+    api.state.service = VideoService(config, {tiny_spec.name: tiny_spec}, store, artifacts, metrics, runner=None, expander_enabled=False)
+    with TestClient(api) as client:
+        accepted = [client.post("/v1/videos", json={"prompt": f"clip {n}"}) for n in range(2)]
+        assert [response.status_code for response in accepted] == [200, 200]
+        assert [response.json()["queue_position"] for response in accepted] == [0, 1]
+        refused = client.post("/v1/videos", json={"prompt": "one too many"})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert client.get(f"/v1/videos/{accepted[0].json()['id']}").status_code == 200
+    # Nothing was lost: both accepted jobs are in the store, the refused one is not.
+    assert store.count_by_status()[JobStatus.QUEUED] == 2
+
+
+def test_a_job_whose_runner_vanished_is_claimed_again_after_its_lease(tmp_path, tiny_spec):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec)
+    _queued_job(tiny_spec, store, "video_orphan")
+    now = time.time()  # the store's clock is injected: no sleeping until the lease runs out
+    first = store.claim("runner-that-dies", lease_seconds=0.2, now=now)
+    assert first.id == "video_orphan" and store.claim("other", lease_seconds=5, now=now + 0.1) is None
+    again = store.claim("other", lease_seconds=5, now=now + 0.3)
+    assert again.id == "video_orphan" and again.attempts == 2 and again.lease_owner == "other"
+
+
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED])
+def test_finished_jobs_are_never_claimed(tmp_path, tiny_spec, status):
+    config, store, metrics, artifacts = _service(tmp_path, tiny_spec)
+    _queued_job(tiny_spec, store, "video_done")
+    store.update("video_done", status=status)
+    assert store.claim("runner", lease_seconds=5) is None
+
+
+class _ManualClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Call:
+    """A stage method's handle shape: ``.remote(...)`` gives an awaitable result."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def remote(self, *args):
+        async def answer():
+            return self.result
+
+        return answer()
+
+
+class _SteppingDenoiser:
+    """Stands in for the Denoiser's streaming handle: ``steps`` progress events, each
+    ``step_seconds`` apart on the runner's injected clock, then the latents."""
+
+    def __init__(self, clock: _ManualClock, steps: int, step_seconds: float):
+        self.clock, self.steps, self.step_seconds = clock, steps, step_seconds
+
+    def options(self, stream: bool):
+        assert stream
+        return self
+
+    @property
+    def denoise(self):
+        return self
+
+    def remote(self, *args):
+        from engine.batching.async_denoise_engine import DenoiseDone, DenoiseProgress
+
+        outer = self
+
+        class Stream:
+            def cancel(self):
+                pass
+
+            async def __aiter__(self):
+                for step in range(1, outer.steps + 1):
+                    outer.clock.now += outer.step_seconds
+                    yield DenoiseProgress(step, outer.steps, outer.step_seconds, 1)
+                yield DenoiseDone("latents")
+
+        return Stream().__aiter__()
+
+
+class _CountingStore:
+    """The real SQLite store, counting the writes of the denoising stage."""
+
+    def __init__(self, store):
+        self._store = store
+        self.denoiser_writes = 0
+
+    def update(self, job_id, **changes):
+        if changes.get("stage") == "denoiser":
+            self.denoiser_writes += 1
+        return self._store.update(job_id, **changes)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize(("interval", "durable_writes"), [(1.0, 3), (0.0, 10)])
+def test_denoising_progress_is_written_at_most_once_per_interval_and_pushed_every_step(
+        tmp_path, tiny_spec, interval, durable_writes):
+    # Ten steps 0.3 s apart on the injected clock, written every 1.0 s: at the first step
+    # (the stage change), then at steps 5 and 9 (1.2 s after the last write); 0 writes each.
+    from engine.post_processing.post_processor import PostProcessResult
+
+    config, real_store, metrics, artifacts = _service(tmp_path, tiny_spec, progress_write_interval_seconds=interval)
+    store = _CountingStore(real_store)
+    _queued_job(tiny_spec, real_store)
+    clock = _ManualClock()
+    result = PostProcessResult(str(tmp_path / "v.mp4"), str(tmp_path / "t.webp"), None, 5, 32, 32, 16)
+    handles = StageHandles(text_encoder=type("T", (), {"encode": _Call("text")})(),
+                           denoiser=_SteppingDenoiser(clock, steps=10, step_seconds=0.3),
+                           vae_decoder=type("V", (), {"decode": _Call("frames")})(),
+                           post_processor=type("P", (), {"process": _Call(result)})())
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics,
+                       webhooks=None, clock=clock)
+    pushed_steps = []
+
+    async def run_until_final():
+        with runner.updates.follow("video_poisoned") as pushed:
+            runner.start()
+            try:
+                while True:
+                    record = await asyncio.wait_for(pushed.get(), 30)
+                    if record.stage == "denoiser":
+                        pushed_steps.append(record.step)
+                    if record.status is JobStatus.COMPLETED:
+                        return
+            finally:
+                await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    assert real_store.get("video_poisoned").status is JobStatus.COMPLETED
+    assert store.denoiser_writes == durable_writes
+    assert pushed_steps == list(range(1, 11))  # every step reached the job's event streams
+    assert metrics.steps._value.get() == 10
