@@ -64,6 +64,26 @@ def deployment_options(config: AppConfig, plan: StagePlan | None = None) -> dict
     return options
 
 
+def with_config_file_options(options: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]] | None,
+                             runtime_env: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each deployment's options with a config file's on top, as Serve applies a file.
+
+    A field the file sets for a deployment replaces the code's (``ray_actor_options``
+    whole, as Serve does); the application's ``runtime_env`` goes under every replica's,
+    which wins where both set a key. A name the application does not have is refused.
+    """
+    unknown = sorted(set(overrides or {}) - set(options))
+    if unknown:
+        raise ValueError(f"deployments: {', '.join(unknown)} not in this application (it has {', '.join(options)})")
+    merged = {name: {**option, **(overrides or {}).get(name, {})} for name, option in options.items()}
+    if runtime_env:
+        for name, option in merged.items():
+            actor_options = dict(option.get("ray_actor_options") or {})
+            actor_options["runtime_env"] = merge_options(runtime_env, actor_options.get("runtime_env") or {})
+            merged[name] = {**option, "ray_actor_options": actor_options}
+    return merged
+
+
 def _check_parallel(spec: ModelSpec, config: AppConfig) -> None:
     """A degree the DiT cannot split fails the deploy here, not in every rank at start-up.
 
@@ -83,18 +103,22 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return build_application(AppConfig.model_validate(args or {}))
 
 
-def build_application(config: AppConfig, stage_classes: dict[str, type] | None = None) -> Application:
+def build_application(config: AppConfig, stage_classes: dict[str, type] | None = None,
+                      deployment_overrides: dict[str, dict[str, Any]] | None = None,
+                      runtime_env: dict[str, Any] | None = None) -> Application:
     """The application for ``config``, which every deployment receives as it is (typed).
 
-    ``stage_classes`` replaces a kind of model stage's deployment class (e.g. a subclass
-    that raises, for a served test of failure handling); Serve's config files never set it.
+    ``deployment_overrides`` (a config file's ``deployments``, by name) replace the default
+    options field by field, as Serve applies a config file; ``runtime_env`` reaches every
+    replica. ``stage_classes`` replaces a kind of model stage's deployment class (e.g. a
+    subclass that raises, for a served test of failure handling).
     """
     classes = {**_STAGE_CLASSES, **(stage_classes or {})}
     # Built-in presets are generated here once, not raced by every replica starting up.
     for model in config.model_names():
         _check_parallel(served_spec(config, model), config)
     plan = app_stage_plan(config)
-    options = deployment_options(config, plan)
+    options = with_config_file_options(deployment_options(config, plan), deployment_overrides, runtime_env)
 
     stages = {
         deployment.name: serve.deployment(classes[deployment.kind], name=deployment.name,

@@ -1,8 +1,10 @@
-"""Starting the application on a Ray cluster from a Ray Serve config file.
+"""Starting the application on a Ray cluster from a Ray Serve config file, through Serve's public API.
 
-This applies a config exactly as ``serve run config.yaml`` and ``serve deploy`` do (the
-controller's apply_config), so deployment overrides in the file behave the same here, in
-``videoserve up``, and under KubeRay.
+The file means here what it means to ``serve deploy`` and KubeRay: the applications it
+lists are the whole set (others are deleted), its ``http_options`` start the proxy, and
+each entry of an application's ``deployments`` overrides, field by field, the options the
+code gives that deployment (a field the file sets replaces the code's; ``runtime_env`` of
+the application reaches every replica). Serve's own schema validates the file first.
 """
 
 from __future__ import annotations
@@ -85,22 +87,39 @@ def _place_denoiser(application: dict[str, Any]) -> None:
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 600) -> None:
-    """Start Serve (HTTP proxy per the config) and apply the config; wait until it runs."""
+    """Start Serve (HTTP proxy per the config), run every application in it, delete the others."""
     import ray
-    from ray.serve._private import api as serve_api
-    from ray.serve.config import gRPCOptions
+    from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
         ray.init(namespace="serve")
-    client = serve_api.serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
-    )
-    client.deploy_apps(schema)
-    wait_until_running([app.name for app in schema.applications], timeout_s)
+    serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                grpc_options=schema.grpc_options.model_dump())
+    names = [application["name"] for application in config["applications"]]
+    for stale in set(serve.status().applications) - set(names):
+        serve.delete(stale)
+    for application in config["applications"]:
+        try:
+            serve.run(application_from_config(application), name=application["name"],
+                      route_prefix=application.get("route_prefix", "/"))
+        except RuntimeError as error:  # Serve's report of a deployment that failed to start
+            raise DeployFailed(f"application {application['name']} failed to deploy: {error}") from error
+    wait_until_running(names, timeout_s)
+
+
+def application_from_config(application: dict[str, Any]):
+    """The Serve Application one entry of a config file describes (videoserve's own only)."""
+    from serve.app_builder import build_application
+
+    if application.get("import_path") != IMPORT_PATH:
+        raise ValueError(f"application {application.get('name')!r}: videoserve starts {IMPORT_PATH} "
+                         f"(got {application.get('import_path')!r}); deploy other applications with `serve deploy`")
+    overrides = {entry["name"]: {key: value for key, value in entry.items() if key != "name"}
+                 for entry in application.get("deployments") or []}
+    return build_application(AppConfig.model_validate(application.get("args") or {}),
+                             deployment_overrides=overrides, runtime_env=application.get("runtime_env"))
 
 
 def wait_until_running(app_names: list[str], timeout_s: float) -> None:

@@ -185,3 +185,36 @@ def test_config_render_lists_each_models_stages(preset_cache):
     assert names == ["VideoAPI", "TextEncoder-tiny", "TextEncoder-tiny-ltx", "ImageConditioner-tiny-ltx",
                      "Denoiser-tiny", "Denoiser-tiny-ltx", "VaeDecoder-tiny", "VaeDecoder-tiny-ltx", "PostProcessor"]
     assert AppConfig.model_validate(data["applications"][0]["args"]).model_names() == ["tiny", "tiny-ltx"]
+
+
+def test_a_config_files_deployment_fields_replace_the_codes_and_its_runtime_env_reaches_every_replica():
+    from serve.app_builder import with_config_file_options
+
+    defaults = {"VideoAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+                "Denoiser": {"autoscaling_config": {"min_replicas": 1}, "ray_actor_options": {"num_cpus": 0.5,
+                                                                                             "memory": 10}}}
+    merged = with_config_file_options(
+        defaults,
+        {"Denoiser": {"num_replicas": 2, "autoscaling_config": None, "ray_actor_options": {"num_cpus": 2}}},
+        {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    )
+    assert merged["Denoiser"]["num_replicas"] == 2 and merged["Denoiser"]["autoscaling_config"] is None
+    # ray_actor_options is replaced whole, as Serve replaces it: the code's memory is gone.
+    assert merged["Denoiser"]["ray_actor_options"] == {"num_cpus": 2,
+                                                       "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    assert merged["VideoAPI"]["ray_actor_options"]["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    assert defaults["Denoiser"]["autoscaling_config"] == {"min_replicas": 1}  # the defaults are not modified
+
+
+def test_a_config_file_naming_a_deployment_the_app_lacks_is_refused_naming_it():
+    from serve.app_builder import with_config_file_options
+
+    with pytest.raises(ValueError, match="deployments: Denoisr not in this application"):
+        with_config_file_options({"Denoiser": {}}, {"Denoisr": {"num_replicas": 1}}, None)
+
+
+def test_videoserve_up_refuses_a_config_whose_application_is_not_videoserves():
+    from serve.cluster_launcher import application_from_config
+
+    with pytest.raises(ValueError, match="videoserve starts serve.app_builder:build_app"):
+        application_from_config({"name": "other", "import_path": "someone.else:app"})
