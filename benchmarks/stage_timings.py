@@ -22,6 +22,7 @@ from benchmarks.diffusers_baseline import DiffusersRunner
 from benchmarks.machine import describe_machine
 from benchmarks.workload import WorkloadRequest
 from engine.models.model_registry import resolve_model
+from engine.stage_types import TextRequest
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
 from engine.video_io import write_mp4
@@ -63,7 +64,7 @@ def main(
     with tempfile.TemporaryDirectory() as scratch:
         mp4_path = Path(scratch) / "video.mp4"
         figures = {
-            "text_encode_s": median_seconds(lambda _: staged.text_encoder.encode(request), repeats),
+            "text_encode_s": median_seconds(lambda _: staged.text_encoder.encode(TextRequest.of(request)), repeats),
             "dit_step_batch1_no_cfg_s": first_step(with_guidance=False),
             "dit_step_batch1_cfg_s": first_step(with_guidance=True),
             "vae_decode_s": median_seconds(lambda _: staged.vae_decoder.decode(latents, fps=request.fps), repeats),

@@ -42,6 +42,19 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TextRequest:
+    """What the text encoder reads of a request: its prompt, and the negative prompt when
+    classifier-free guidance runs the unconditional pass (None otherwise)."""
+
+    prompt: str
+    negative_prompt: str | None
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> TextRequest:
+        return cls(request.prompt, request.negative_prompt if request.uses_classifier_free_guidance else None)
+
+
+@dataclass(frozen=True)
 class EncodedText:
     """One text through the model's text encoder, padded to its max length as diffusers pads it."""
 

@@ -12,12 +12,10 @@ from typing import Any
 
 from engine.models.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
-from engine.stage_types import DenoiseTask, Frames, GenerationRequest, VideoArtifact
+from engine.stage_types import DenoiseTask, Frames, GenerationRequest, TextRequest, VideoArtifact
 from engine.stages.denoiser import StepCallback
-from engine.stages.loading import load_denoiser
-from engine.stages.loading import load_image_conditioner
+from engine.stages.loading import load_denoiser, load_image_conditioner, load_vae_decoder
 from engine.stages.text_encoder import TextEncoder
-from engine.stages.loading import load_vae_decoder
 from engine.video_io import write_mp4, write_npy
 
 
@@ -48,7 +46,7 @@ class StagedPipeline:
         image = None
         if request.task is Task.IMAGE_TO_VIDEO:
             image = self.image_conditioner.condition(request)
-        return self.denoiser.prepare(request, self.text_encoder.encode(request), image)
+        return self.denoiser.prepare(request, self.text_encoder.encode(TextRequest.of(request)), image)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Frames:
         latents = self.denoiser.denoise(self.denoise_task(request), on_step)

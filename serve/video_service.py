@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.models.model_spec import ModelSpec
 from engine.stage_types import GenerationRequest
-from serve.api.video_object import VideoObject, video_object
+from serve.video_object import VideoObject, video_object
 from serve.app_config import AppConfig
 from serve.artifact_store import VARIANT_FILES, ArtifactStore
 from serve.jobs.runner import JobRunner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
-from engine.stage_types import GenerationRequest, TextEmbeddings
+from engine.stage_types import TextEmbeddings, TextRequest
 
 
 class TextEncoder:
@@ -20,6 +20,6 @@ class TextEncoder:
     def encode_text(self, text: str):
         return self.encoder.encode_text(text)
 
-    def encode(self, request: GenerationRequest) -> TextEmbeddings:
-        negative = self.encode_text(request.negative_prompt) if request.uses_classifier_free_guidance else None
+    def encode(self, request: TextRequest) -> TextEmbeddings:
+        negative = None if request.negative_prompt is None else self.encode_text(request.negative_prompt)
         return TextEmbeddings.of(self.encode_text(request.prompt), negative)

@@ -18,7 +18,7 @@ from engine.post_processing.post_processor import PostProcessOptions
 from serve.jobs.spec import PostProcessing
 
 if TYPE_CHECKING:
-    from serve.api.video_object import VideoObject
+    from serve.video_object import VideoObject
     from serve.video_service import VideoService
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from engine.stage_types import EncodedText, GenerationRequest, TextEmbeddings
+from engine.stage_types import EncodedText, TextEmbeddings, TextRequest
 from engine.stages.text_encoder import TextEncoder
 from serve.caches.keys import text_embedding_key
 from serve.caches.tensor_values import tensor_nbytes
@@ -20,10 +20,8 @@ class TextEncoderDeployment:
         self.model_id = model_identity(spec, placement, "TextEncoder")
         self.max_length = spec.geometry.text_max_length
 
-    async def encode(self, request: GenerationRequest) -> TextEmbeddings:
-        negative = None
-        if request.uses_classifier_free_guidance:
-            negative = await self.embed(request.negative_prompt)
+    async def encode(self, request: TextRequest) -> TextEmbeddings:
+        negative = None if request.negative_prompt is None else await self.embed(request.negative_prompt)
         return TextEmbeddings.of(await self.embed(request.prompt), negative)
 
     async def embed(self, text: str) -> EncodedText:

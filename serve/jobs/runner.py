@@ -28,7 +28,7 @@ from typing import Any
 from engine.batching.async_denoise_engine import DenoiseDone, DenoiseProgress
 from engine.models.model_spec import ModelSpec, Task
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessResult
-from engine.stage_types import GenerationRequest
+from engine.stage_types import GenerationRequest, TextRequest
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
@@ -208,7 +208,8 @@ class JobRunner:
             await self._update(job.id, metadata={"expanded_prompt": expanded})
 
         await self._progress(job.id, "text_encoder")
-        text = await self._timed("text_encoder", handles.text_encoder.encode.remote(request))
+        # Each stage gets what it reads: the text encoder its texts, the image conditioner the image.
+        text = await self._timed("text_encoder", handles.text_encoder.encode.remote(TextRequest.of(request)))
         image_conditioning = None
         if request.task is Task.IMAGE_TO_VIDEO:
             await self._progress(job.id, "image_conditioner")
@@ -370,7 +371,7 @@ class JobRunner:
     async def _notify(self, record: JobRecord, event_type: str) -> None:
         if self.webhooks is None or not record.webhook_url:
             return
-        from serve.api.video_object import video_object
+        from serve.video_object import video_object
 
         payload = video_object(record).model_dump(mode="json")
         # Delivery retries with backoff in the background; the job is already final.

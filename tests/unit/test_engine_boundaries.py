@@ -72,9 +72,10 @@ def test_boundary_dataclasses_are_frozen_and_picklable(tiny_i2v_pipeline):
 
 
 def _encode_in_another_process(spec: ModelSpec, request):
+    from engine.stage_types import TextRequest
     from engine.stages.text_encoder import TextEncoder
 
-    return TextEncoder(spec).encode(request)
+    return TextEncoder(spec).encode(TextRequest.of(request))
 
 
 def test_a_stage_can_live_in_its_own_process(tiny_pipeline):

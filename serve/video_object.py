@@ -1,4 +1,6 @@
-"""The video object the API returns: OpenAI's fields plus videoserve's extensions."""
+"""The video object a job is shown as: OpenAI's fields plus videoserve's extensions.
+
+The API returns it and webhooks deliver it, so it lives beside the service, not in serve/api/."""
 
 from __future__ import annotations
 
