@@ -147,7 +147,8 @@ class AsyncDenoiseEngine:
                     self._drop_all(streams)
                     return
                 self._apply(command, streams)
-            self._load = self._engine.load()  # the new work counts for autoscaling before its first step
+            if commands:  # the new work counts for autoscaling before its first step
+                self._load = self._engine.load()
             if self._engine.has_unfinished():
                 try:
                     events = self._engine.step()

@@ -204,7 +204,7 @@ class JobRunner:
         if options.expand_prompt:
             await self._progress(job.id, "prompt_expander")
             expanded = await self._timed("prompt_expander", handles.prompt_expander.expand.remote(request.prompt))
-            request = _replace(request, prompt=expanded)
+            request = replace(request, prompt=expanded)
             await self._update(job.id, metadata={"expanded_prompt": expanded})
 
         await self._progress(job.id, "text_encoder")
@@ -215,7 +215,7 @@ class JobRunner:
             await self._progress(job.id, "image_conditioner")
             image = await asyncio.to_thread(Path(job.input_image_path).read_bytes)
             image_conditioning = await self._timed(
-                "image_conditioner", handles.image_conditioner.condition.remote(_replace(request, image=image))
+                "image_conditioner", handles.image_conditioner.condition.remote(replace(request, image=image))
             )
 
         latents = await self._denoise(handles.denoiser, job.id, request, text, image_conditioning)
@@ -376,10 +376,6 @@ class JobRunner:
         payload = video_object(record).model_dump(mode="json")
         # Delivery retries with backoff in the background; the job is already final.
         asyncio.create_task(self.webhooks.send(record.webhook_url, event_type, payload))
-
-
-def _replace(request: GenerationRequest, **changes) -> GenerationRequest:
-    return replace(request, **changes)
 
 
 def replace_record(record: JobRecord, **changes) -> JobRecord:

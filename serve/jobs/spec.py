@@ -10,7 +10,6 @@ both shapes.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,8 +90,3 @@ class JobSpec(_Frozen):
             post_processing=PostProcessing.model_validate({k: v for k, v in options.items() if v is not None}),
             webhook_url=webhook_url,
         )
-
-
-def without_image(request: GenerationRequest) -> GenerationRequest:
-    """The request as the stages that never read the input image receive it."""
-    return replace(request, image=None)
