@@ -17,18 +17,22 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from serve.jobs.store import (
+    TOMBSTONE_SECONDS,
+    Admission,
     JobExistsError,
     JobRecord,
     JobStatus,
     JobStore,
     ListOrder,
+    QueueFull,
     apply_changes,
     check_lease_request,
     check_page_request,
     claimed,
+    taken_webhook,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -41,6 +45,24 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (status, lease_expires_at)",
+)
+# Version 2: tenancy, retention and the webhook outbox, each an indexed column beside the record.
+_SCHEMA_V2 = (
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'shared'",
+    "ALTER TABLE jobs ADD COLUMN expires_at REAL",
+    "ALTER TABLE jobs ADD COLUMN webhook_due_at REAL",
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner_status ON jobs (owner, status)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_webhook_due ON jobs (webhook_due_at)",
+    # A deleted job's place in the (created_at, id) order, so its id still works as a cursor.
+    """CREATE TABLE IF NOT EXISTS deleted_jobs (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        deleted_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS deleted_jobs_by_time ON deleted_jobs (deleted_at)",
 )
 
 
@@ -119,6 +141,10 @@ class SqliteJobStore(JobStore):
                 )
             for statement in _SCHEMA:
                 connection.execute(statement)
+            if version < 2:
+                for statement in _SCHEMA_V2:
+                    connection.execute(statement)
+                # Version-1 records carry no owner, expiry or outbox: the column defaults match.
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @staticmethod
@@ -129,16 +155,21 @@ class SqliteJobStore(JobStore):
     @staticmethod
     def _store(connection: sqlite3.Connection, job: JobRecord) -> None:
         connection.execute(
-            "UPDATE jobs SET status = ?, lease_expires_at = ?, record = ? WHERE id = ?",
-            (job.status.value, job.lease_expires_at, job.model_dump_json(), job.id),
+            "UPDATE jobs SET status = ?, lease_expires_at = ?, expires_at = ?, webhook_due_at = ?, record = ?"
+            " WHERE id = ?",
+            (job.status.value, job.lease_expires_at, job.expires_at, _webhook_due(job), job.model_dump_json(), job.id),
         )
 
-    def create(self, job: JobRecord) -> None:
+    def create(self, job: JobRecord, admission: Admission | None = None) -> None:
         try:
             with self._writing() as connection:
+                if admission is not None and job.status is JobStatus.QUEUED:
+                    _admit(connection, job.owner, admission)
                 connection.execute(
-                    "INSERT INTO jobs (id, status, created_at, lease_expires_at, record) VALUES (?, ?, ?, ?, ?)",
-                    (job.id, job.status.value, job.created_at, job.lease_expires_at, job.model_dump_json()),
+                    "INSERT INTO jobs (id, status, created_at, lease_expires_at, owner, expires_at, webhook_due_at,"
+                    " record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, job.status.value, job.created_at, job.lease_expires_at, job.owner, job.expires_at,
+                     _webhook_due(job), job.model_dump_json()),
                 )
         except sqlite3.IntegrityError:
             raise JobExistsError(job.id) from None
@@ -147,31 +178,45 @@ class SqliteJobStore(JobStore):
         with self._connection() as connection:
             return self._fetch(connection, job_id)
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
+    def update(self, job_id: str, fence: str | None = None, **changes: Any) -> JobRecord | None:
         with self._writing() as connection:
             job = self._fetch(connection, job_id)
             if job is None:
                 return None
-            job = apply_changes(job, changes, time.time())
+            job = apply_changes(job, changes, time.time(), fence)
             self._store(connection, job)
             return job
 
     def delete(self, job_id: str) -> bool:
         with self._writing() as connection:
-            return connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+            row = connection.execute("SELECT owner, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            connection.execute("INSERT OR REPLACE INTO deleted_jobs (id, owner, created_at, deleted_at)"
+                               " VALUES (?, ?, ?, ?)", (job_id, row[0], row[1], time.time()))
+            return True
 
     def list(
-        self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc"
+        self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc", owner: str | None = None
     ) -> tuple[list[JobRecord], bool]:
         check_page_request(limit, order)
         direction, beyond = ("ASC", ">") if order == "asc" else ("DESC", "<")
         with self._reading() as connection:
-            where, arguments = "", ()
+            conditions, arguments = [], []
+            if owner is not None:
+                conditions.append("owner = ?")
+                arguments.append(owner)
             if after is not None:
-                row = connection.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
-                if row is None:
+                row = connection.execute(
+                    "SELECT owner, created_at FROM jobs WHERE id = ?"
+                    " UNION ALL SELECT owner, created_at FROM deleted_jobs WHERE id = ?", (after, after)
+                ).fetchone()
+                if row is None or (owner is not None and row[0] != owner):
                     raise KeyError(f"after: no job with id {after!r}")
-                where, arguments = f"WHERE (created_at, id) {beyond} (?, ?)", (row[0], after)
+                conditions.append(f"(created_at, id) {beyond} (?, ?)")
+                arguments += [row[1], after]
+            where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
             rows = connection.execute(
                 f"SELECT record FROM jobs {where} ORDER BY created_at {direction}, id {direction} LIMIT ?",
                 (*arguments, limit + 1),
@@ -179,25 +224,64 @@ class SqliteJobStore(JobStore):
         page = [JobRecord.model_validate_json(record) for (record,) in rows[:limit]]
         return page, len(rows) > limit
 
-    def claim(self, owner: str, lease_seconds: float, now: float | None = None) -> JobRecord | None:
+    def claim(self, owner: str, lease_seconds: float, now: float | None = None,
+              max_attempts: int | None = None) -> JobRecord | None:
         check_lease_request(owner, lease_seconds)
         now = time.time() if now is None else now
         with self._writing() as connection:
-            oldest_queued = connection.execute(
-                "SELECT created_at, id, record FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
-                (JobStatus.QUEUED.value,),
+            while True:  # a job that used up its attempts is ended here; look for the next
+                job = self._claim_one(connection, owner, lease_seconds, now, max_attempts)
+                if job is None or job.status is JobStatus.IN_PROGRESS:
+                    return job
+
+    def _claim_one(self, connection: sqlite3.Connection, owner: str, lease_seconds: float, now: float,
+                   max_attempts: int | None) -> JobRecord | None:
+        oldest_queued = connection.execute(
+            "SELECT created_at, id, record FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
+            (JobStatus.QUEUED.value,),
+        ).fetchone()
+        oldest_abandoned = connection.execute(
+            "SELECT created_at, id, record FROM jobs WHERE status = ?"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY created_at, id LIMIT 1",
+            (JobStatus.IN_PROGRESS.value, now),
+        ).fetchone()
+        candidates = [row for row in (oldest_queued, oldest_abandoned) if row is not None]
+        if not candidates:
+            return None
+        job = claimed(JobRecord.model_validate_json(min(candidates)[2]), owner, lease_seconds, now, max_attempts)
+        self._store(connection, job)
+        return job
+
+    def claim_webhook(self, owner: str, lease_seconds: float, now: float | None = None) -> JobRecord | None:
+        check_lease_request(owner, lease_seconds)
+        now = time.time() if now is None else now
+        with self._writing() as connection:
+            row = connection.execute(
+                "SELECT record FROM jobs WHERE webhook_due_at <= ? ORDER BY webhook_due_at LIMIT 1", (now,)
             ).fetchone()
-            oldest_abandoned = connection.execute(
-                "SELECT created_at, id, record FROM jobs WHERE status = ?"
-                " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY created_at, id LIMIT 1",
-                (JobStatus.IN_PROGRESS.value, now),
-            ).fetchone()
-            candidates = [row for row in (oldest_queued, oldest_abandoned) if row is not None]
-            if not candidates:
+            if row is None:
                 return None
-            job = claimed(JobRecord.model_validate_json(min(candidates)[2]), owner, lease_seconds, now)
+            job = taken_webhook(JobRecord.model_validate_json(row[0]), lease_seconds, now)
             self._store(connection, job)
             return job
+
+    def sweep_expired(self, now: float | None = None, limit: int = 100) -> list[str]:
+        now = time.time() if now is None else now
+        with self._writing() as connection:
+            rows = connection.execute(
+                "SELECT id FROM jobs WHERE expires_at <= ? ORDER BY expires_at LIMIT ?", (now, limit)
+            ).fetchall()
+            expired = [job_id for (job_id,) in rows]
+            for job_id in expired:  # tombstoned like any delete: a client's cursor keeps working
+                connection.execute("INSERT OR REPLACE INTO deleted_jobs (id, owner, created_at, deleted_at)"
+                                   " SELECT id, owner, created_at, ? FROM jobs WHERE id = ?", (now, job_id))
+                connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            connection.execute("DELETE FROM deleted_jobs WHERE deleted_at <= ?", (now - TOMBSTONE_SECONDS,))
+        return expired
+
+    def count_queued(self, owner: str | None = None) -> int:
+        with self._connection() as connection:
+            return _queued(connection, owner)
 
     def renew(self, job_id: str, owner: str, lease_seconds: float, now: float | None = None) -> bool:
         check_lease_request(owner, lease_seconds)
@@ -240,3 +324,28 @@ class SqliteJobStore(JobStore):
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def _webhook_due(job: JobRecord) -> float | None:
+    return None if job.webhook_outbox is None else job.webhook_outbox.due_at
+
+
+def _queued(connection: sqlite3.Connection, owner: str | None) -> int:
+    if owner is None:
+        query, arguments = "SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
+    else:
+        query, arguments = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?", (owner, JobStatus.QUEUED.value)
+    (count,) = connection.execute(query, arguments).fetchone()
+    return count
+
+
+def _admit(connection: sqlite3.Connection, owner: str, admission: Admission) -> None:
+    """Inside the insert's write transaction: no other create counts between this and the insert."""
+    if admission.max_queued is not None:
+        queued = _queued(connection, None)
+        if queued >= admission.max_queued:
+            raise QueueFull("global", queued, admission.max_queued)
+    if admission.max_queued_per_owner is not None:
+        queued = _queued(connection, owner)
+        if queued >= admission.max_queued_per_owner:
+            raise QueueFull("owner", queued, admission.max_queued_per_owner)

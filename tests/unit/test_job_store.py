@@ -225,7 +225,8 @@ def test_list_refuses_an_unknown_cursor_and_bad_arguments(store: JobStore, five_
     with pytest.raises(KeyError):
         store.list(after="")
     with pytest.raises(ValueError, match="limit"):
-        store.list(limit=0)
+        store.list(limit=-1)
+    assert store.list(limit=0) == ([], True)  # OpenAI's limit=0: no items, has_more still says
     with pytest.raises(ValueError, match="order"):
         store.list(order="sideways")
 
@@ -498,3 +499,124 @@ def test_a_password_twice_or_for_sqlite_is_refused(redis_with_password, monkeypa
         open_job_store(url_with_password, password_env=PASSWORD_ENV)
     with pytest.raises(ValueError, match="SQLite, which takes no password"):
         open_job_store(f"sqlite:///{tmp_path}/jobs.db", password_env=PASSWORD_ENV)
+
+
+# --- tenancy, admission, fencing, retention, outbox (issue 13) -----------------------
+
+
+def test_listing_by_owner_shows_only_that_owners_jobs(store: JobStore):
+    for n, owner in enumerate(["alice", "bob", "alice", "bob", "alice"]):
+        store.create(make_job(f"video_{n}", created_at=T0 + n, owner=owner))
+    assert ids(store.list(owner="alice", order="asc")[0]) == ["video_0", "video_2", "video_4"]
+    assert ids(store.list(owner="bob", after="video_1", order="asc")[0]) == ["video_3"]
+    assert len(store.list()[0]) == 5  # no owner: everything (the admin's view)
+    with pytest.raises(KeyError):  # another owner's id is no cursor for bob
+        store.list(owner="bob", after="video_2")
+    with pytest.raises(ValueError, match="owner"):
+        store.update("video_0", owner="bob")
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_a_deleted_cursor_still_pages_from_its_place(store: JobStore, order: str):
+    for n in range(6):
+        store.create(make_job(f"video_{n}", created_at=T0 + n // 2))  # pairs share a created_at
+    first, _ = store.list(limit=3, order=order)
+    rest_before, _ = store.list(after=first[-1].id, order=order)
+    assert store.delete(first[-1].id)
+    rest_after, _ = store.list(after=first[-1].id, order=order)
+    assert ids(rest_after) == ids(rest_before)
+    with pytest.raises(KeyError):
+        store.list(after=first[-1].id, owner="someone-else")
+
+
+def test_concurrent_creates_never_overshoot_the_queue_bounds(store: JobStore):
+    from serve.jobs.store import Admission, QueueFull
+
+    admission = Admission(max_queued=7, max_queued_per_owner=4)
+
+    def create(n: int) -> str:
+        try:
+            store.create(make_job(f"video_{n:03d}", created_at=T0 + n, owner=f"owner{n % 2}"), admission)
+            return "ok"
+        except QueueFull as full:
+            return full.scope
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(create, range(40)))
+    assert outcomes.count("ok") == 7
+    assert store.count_queued() == 7
+    assert sorted(store.count_queued(f"owner{n}") for n in (0, 1)) == [3, 4]
+    store.claim("worker", 30)  # one leaves the queue: one more fits
+    store.create(make_job("video_late", created_at=T0 + 99, owner="owner9"), admission)
+
+
+def test_fenced_updates_refuse_a_worker_that_lost_its_lease(store: JobStore):
+    from serve.jobs.store import LeaseLost
+
+    store.create(make_job("video_a"))
+    store.claim("worker-1", 1, now=T0)
+    assert store.update("video_a", fence="worker-1", progress=10).progress == 10
+    store.claim("worker-2", 30, now=T0 + 5)  # worker-1's lease expired: worker-2 took the job
+    with pytest.raises(LeaseLost):
+        store.update("video_a", fence="worker-1", status=JobStatus.COMPLETED)
+    assert store.get("video_a").status is JobStatus.IN_PROGRESS and store.get("video_a").progress == 10
+    store.update("video_a", fence="worker-2", status=JobStatus.COMPLETED)
+    with pytest.raises(LeaseLost):  # ended: no fenced write completes it again
+        store.update("video_a", fence="worker-2", status=JobStatus.COMPLETED)
+
+
+def test_attempts_count_at_claim_and_a_job_that_kills_its_worker_ends_failed(store: JobStore):
+    store.create(make_job("video_poison", webhook_url="https://hooks.example.com/x"))
+    store.create(make_job("video_next", created_at=T0 + 1))
+    now = T0
+    for attempt in (1, 2):  # the worker dies each time: its lease just expires
+        job = store.claim(f"worker-{attempt}", 1, now=now, max_attempts=2)
+        assert job.id == "video_poison" and job.attempts == attempt
+        now += 10
+    taken = store.claim("worker-3", 1, now=now, max_attempts=2)
+    assert taken.id == "video_next"  # the poison job was ended on the way
+    failed = store.get("video_poison")
+    assert failed.status is JobStatus.FAILED and failed.error_code == "worker_died"
+    assert failed.webhook_outbox.type == "video.failed" and failed.webhook_outbox.state == "pending"
+
+
+def test_the_webhook_outbox_is_taken_by_one_deliverer_until_its_lease_ends(store: JobStore):
+    from serve.jobs.store import WebhookOutbox
+
+    store.create(make_job("video_a", status=JobStatus.COMPLETED, webhook_outbox=WebhookOutbox.new("video.completed", T0)))
+    store.create(make_job("video_b", created_at=T0 + 1, status=JobStatus.COMPLETED))
+    assert store.claim_webhook("d1", 10, now=T0 - 1) is None  # not due yet
+    taken = store.claim_webhook("d1", 10, now=T0 + 1)
+    assert taken.id == "video_a" and taken.webhook_outbox.next_attempt_at == T0 + 11
+    assert store.claim_webhook("d2", 10, now=T0 + 2) is None  # d1 holds it
+    again = store.claim_webhook("d2", 10, now=T0 + 12)  # d1 died: due again, same message id
+    assert again.webhook_outbox.message_id == taken.webhook_outbox.message_id
+    store.update("video_a", webhook_outbox=again.webhook_outbox.model_copy(update={"state": "delivered"}))
+    assert store.claim_webhook("d2", 10, now=T0 + 1000) is None
+
+
+def test_the_sweeper_deletes_expired_jobs_only(store: JobStore):
+    store.create(make_job("video_old", status=JobStatus.COMPLETED, expires_at=T0 + 10))
+    store.create(make_job("video_new", created_at=T0 + 1, status=JobStatus.COMPLETED, expires_at=T0 + 1000))
+    store.create(make_job("video_running", created_at=T0 + 2, status=JobStatus.IN_PROGRESS))
+    assert store.sweep_expired(now=T0 + 5) == []
+    assert store.sweep_expired(now=T0 + 20) == ["video_old"]
+    assert store.get("video_old") is None and store.get("video_new") is not None
+    assert store.list(after="video_old", order="asc")[0][0].id == "video_new"  # its cursor still works
+
+
+def test_a_version_1_sqlite_file_is_migrated_in_place(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    record = make_job("video_v1").model_dump(exclude={"owner", "expires_at", "webhook_outbox"})
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL,"
+                           " lease_expires_at REAL, record TEXT NOT NULL)")
+        connection.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)",
+                           ("video_v1", "queued", T0, None, json.dumps(record)))
+        connection.execute("PRAGMA user_version=1")
+    with open_job_store(f"sqlite://{path}") as store:
+        assert store.get("video_v1").owner == "shared"
+        assert ids(store.list(owner="shared")[0]) == ["video_v1"]
+        assert store.count_queued("shared") == 1
