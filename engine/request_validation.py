@@ -174,23 +174,28 @@ class GenerationParams(BaseModel):
 
 def check_image_bytes(data: bytes, spec: ModelSpec) -> None:
     """Refuse images that are too big, of another format, or that do not decode."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     limits = spec.limits
     if len(data) > limits.max_image_bytes:
         raise ValueError(f"must be at most {limits.max_image_bytes} bytes (got {len(data)})")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
-            width, height = image.size
-            if image_format in ACCEPTED_IMAGE_FORMATS:
-                image.load()  # decodes the whole file: catches truncated data
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"is not a decodable image ({error})") from error
-    if image_format not in ACCEPTED_IMAGE_FORMATS:
-        raise ValueError(f"must be one of {', '.join(ACCEPTED_IMAGE_FORMATS)} (got {image_format})")
-    if min(width, height) < 16 or max(width, height) > limits.max_image_side:
-        raise ValueError(f"sides must be between 16 and {limits.max_image_side} pixels (got {width}x{height})")
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"is too large to decode ({error})") from None
+    except Exception as error:  # whatever a decoder makes of garbage: OSError, SyntaxError, struct.error, ...
+        raise ValueError(f"is not a decodable image ({error})") from None
+    with image:
+        # Format and size from the header first: a huge image is refused before it is decoded.
+        width, height = image.size
+        if image.format not in ACCEPTED_IMAGE_FORMATS:
+            raise ValueError(f"must be one of {', '.join(ACCEPTED_IMAGE_FORMATS)} (got {image.format})")
+        if min(width, height) < 16 or max(width, height) > limits.max_image_side:
+            raise ValueError(f"sides must be between 16 and {limits.max_image_side} pixels (got {width}x{height})")
+        try:
+            image.load()  # decodes the whole file: catches truncated data
+        except Exception as error:
+            raise ValueError(f"is not a decodable image ({error})") from None
 
 
 def validate_generation(raw: dict[str, Any], spec: ModelSpec, request_id: str | None = None) -> GenerationRequest:

@@ -33,6 +33,17 @@ class StorageConfig(_Strict):
         description="Name of the environment variable that holds the Redis job store's password (the chart uses "
                     "VIDEOSERVE_REDIS_PASSWORD); unset: connect without a password.",
     )
+    retention_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0,
+        description="How long an ended job (its record and files) is kept after it ends; the video object's "
+                    "expires_at says when, and a sweeper on every ingress replica deletes it then.",
+    )
+    sweep_interval_seconds: float = Field(60.0, gt=0, description="How often expired jobs are looked for.")
+    keep_frames: bool = Field(
+        True,
+        description="Also keep every job's lossless uint8 frames (the 'frames' content variant, the correctness "
+                    "oracle). They are large (1280x720x81 is 224 MB a job): turn off on GPU deployments.",
+    )
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser()
@@ -55,17 +66,60 @@ class JobsConfig(_Strict):
         description="Denoising steps reach event streams and metrics as they run; the stored record is written at "
                     "stage changes and at most this often in between (0: every step).",
     )
+    stage_timeout_seconds: float = Field(
+        900.0, gt=0,
+        description="A stage call (text encoding, denoising, decoding, post-processing) that takes longer fails "
+                    "the attempt with code stage_timeout; the job is retried up to max_attempts.",
+    )
+    job_timeout_seconds: float = Field(
+        3600.0, gt=0, description="An attempt that runs longer ends the job failed, code job_timeout (no retry).",
+    )
 
 
 class ApiConfig(_Strict):
     max_request_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     poll_after_ms: int = Field(1000, ge=100, description="The openai-poll-after-ms hint sent to clients.")
+    max_input_image_pixels: int = Field(
+        4096 * 4096, ge=1,
+        description="An input_reference image whose header claims more pixels (width x height) is refused with "
+                    "400 before it is decoded.",
+    )
+    max_output_pixel_frames: int = Field(
+        1_000_000_000, ge=1,
+        description="A request whose delivered video (width x height x frames, after interpolate_fps and upscale) "
+                    "would exceed this is refused with 400 output_too_large: post-processing holds it in memory as "
+                    "RGB (3 bytes each). The default passes every preset's default request with interpolation x2 "
+                    "and upscale x2; the largest, wan2.2-ti2v-5b's 1280x704 x 121 frames at 24 fps, delivers "
+                    "2560x1408 x 242 frames = 872,284,160.",
+    )
     api_keys_env: str | None = Field(
         None, pattern=_ENV_VAR_NAME,
         description="Name of the environment variable that holds the accepted API keys, comma-separated (the chart "
                     "uses VIDEOSERVE_API_KEYS); when set, every /v1/* request needs 'Authorization: Bearer <key>'. "
                     "Unset: no authentication.",
     )
+    admin_api_keys_env: str | None = Field(
+        None, pattern=_ENV_VAR_NAME,
+        description="Name of the environment variable that holds admin API keys (comma-separated): an admin sees, "
+                    "lists and deletes every tenant's videos. Needs api_keys_env; unset: no admin.",
+    )
+    max_queued_per_key: int | None = Field(
+        64, ge=1, description="Queued jobs one API key may have at once; past it POST answers 429 (null: no bound). "
+                               "Applies with api_keys_env set; admins have no per-key bound.",
+    )
+    requests_per_minute_per_key: int | None = Field(
+        600, ge=1,
+        description="Requests to /v1/* one API key may send per minute (a moving window; 429 with Retry-After past "
+                    "it). Counted in Redis when the job store is Redis (one count for all ingress replicas), else "
+                    "per replica. Applies with api_keys_env set. null: no rate limit.",
+    )
+
+
+    @model_validator(mode="after")
+    def _admins_need_keys(self) -> ApiConfig:
+        if self.admin_api_keys_env is not None and self.api_keys_env is None:
+            raise ValueError("admin_api_keys_env: needs api_keys_env (admins are API keys of an app with auth on)")
+        return self
 
 
 class WebhookConfig(_Strict):
@@ -77,6 +131,27 @@ class WebhookConfig(_Strict):
     )
     max_attempts: int = Field(6, ge=1)
     initial_backoff_seconds: float = Field(0.5, gt=0)
+    allow_private_targets: bool | list[str] = Field(
+        False,
+        description="Which non-public addresses a webhook_url may reach. false: public (globally routable) "
+                    "addresses only, so a job cannot make the server call loopback, the cluster network or the "
+                    "cloud metadata endpoint; true: any address; a list of CIDRs (e.g. [\"10.20.0.0/16\"]): public "
+                    "addresses and those networks.",
+    )
+
+    @field_validator("allow_private_targets")
+    @classmethod
+    def _cidrs(cls, value: bool | list[str]) -> bool | list[str]:
+        if isinstance(value, list):
+            import ipaddress
+
+            for cidr in value:
+                try:
+                    ipaddress.ip_network(cidr)
+                except ValueError as error:
+                    raise ValueError(f"allow_private_targets: {cidr!r} is not a network in CIDR form ({error})") \
+                        from None
+        return value
 
 
 class PromptExpanderConfig(_Strict):

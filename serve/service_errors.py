@@ -35,3 +35,11 @@ class Overloaded(ServiceError):
     def __init__(self, message: str, *, retry_after_seconds: int, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after_seconds = retry_after_seconds
+
+
+class InsufficientStorage(ServiceError):
+    """The server's disk is full: nothing was kept; ``retry_after_seconds`` says when to try again."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int, code: str = "insufficient_storage"):
+        super().__init__(message, code=code)
+        self.retry_after_seconds = retry_after_seconds

@@ -4,11 +4,15 @@ The API returns it and webhooks deliver it, so it lives beside the service, not 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
+from engine.post_processing.post_processor import delivered_shape
 from serve.jobs.store import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from serve.jobs.spec import JobSpec
 
 
 class VideoError(BaseModel):
@@ -41,7 +45,8 @@ class VideoObject(BaseModel):
 
 
 def video_object(record: JobRecord, queue_position: int | None = None) -> VideoObject:
-    generation = record.spec.generation
+    job = record.spec
+    generation = job.generation
     status = record.status
     # OpenAI has no 'cancelled' status: a cancelled job reads as failed with that code.
     api_status = "failed" if status is JobStatus.CANCELLED else status.value
@@ -54,6 +59,7 @@ def video_object(record: JobRecord, queue_position: int | None = None) -> VideoO
     step_seconds = record.metadata.get("step_seconds")
     if status is JobStatus.IN_PROGRESS and step_seconds and record.total_steps is not None:
         eta = round(step_seconds * (record.total_steps - (record.step or 0)), 2)
+    num_frames, width, height, fps = _delivered_shape(record, job)
     return VideoObject(
         id=record.id,
         model=record.model,
@@ -61,9 +67,12 @@ def video_object(record: JobRecord, queue_position: int | None = None) -> VideoO
         progress=record.progress,
         created_at=int(record.created_at),
         completed_at=int(record.completed_at) if record.completed_at else None,
-        seconds=f"{(generation.num_frames - 1) / generation.fps:g}",
-        size=f"{generation.width}x{generation.height}",
+        expires_at=int(record.expires_at) if record.expires_at else None,
+        # The delivered clip's; the duration as the request's ``seconds`` reads it, (frames - 1) / fps.
+        seconds=f"{(num_frames - 1) / fps:g}",
+        size=f"{width}x{height}",
         error=error,
+        remixed_from_video_id=record.metadata.get("remixed_from_video_id"),
         prompt=generation.prompt,
         stage=record.stage,
         step=record.step,
@@ -73,3 +82,15 @@ def video_object(record: JobRecord, queue_position: int | None = None) -> VideoO
         seed=record.seed,
         cancelled=status is JobStatus.CANCELLED,
     )
+
+
+def _delivered_shape(record: JobRecord, job: JobSpec) -> tuple[int, int, int, int]:
+    """(frames, width, height, fps) of the clip the client downloads: after interpolation and upscaling.
+
+    A completed job's are what its post-processor wrote; before that, what it will write."""
+    written = [record.metadata.get(name) for name in ("num_frames", "width", "height", "fps")]
+    if record.status is JobStatus.COMPLETED and all(isinstance(value, int) and value > 0 for value in written):
+        return tuple(written)
+    generation, options = job.generation, job.post_processing
+    return delivered_shape(generation.num_frames, generation.width, generation.height, generation.fps,
+                           interpolate_fps=options.interpolate_fps, upscale=options.upscale)

@@ -1,4 +1,4 @@
-"""Post-processing: frame interpolation, upscaling, thumbnail, and the stage composing them.
+"""Post-processing: frame interpolation, upscaling, thumbnail and sprite sheet, and the stage composing them.
 
 Decoded Frames (uint8 [F, H, W, 3]) go in; the delivered H.264 MP4, its thumbnail and the
 lossless final frames come out (see ``PostProcessor``).
@@ -6,7 +6,7 @@ lossless final frames come out (see ``PostProcessor``).
 
 from engine.post_processing.frame_interpolation import MAX_INTERPOLATE_FPS, interpolate_with_ffmpeg
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessor, PostProcessResult
-from engine.post_processing.thumbnail import make_thumbnail, write_thumbnail
+from engine.post_processing.thumbnail import make_spritesheet, make_thumbnail, write_spritesheet, write_thumbnail
 from engine.post_processing.upscaling import LearnedUpscaler, save_random_swin2sr, upscale_lanczos
 
 __all__ = [
@@ -16,8 +16,10 @@ __all__ = [
     "PostProcessResult",
     "PostProcessor",
     "interpolate_with_ffmpeg",
+    "make_spritesheet",
     "make_thumbnail",
     "save_random_swin2sr",
     "upscale_lanczos",
+    "write_spritesheet",
     "write_thumbnail",
 ]

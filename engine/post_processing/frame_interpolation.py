@@ -46,7 +46,7 @@ def interpolate_with_ffmpeg(frames: np.ndarray, source_fps: int, target_fps: int
     check_interpolate_fps(target_fps, source_fps)
 
     num_frames, height, width, _ = frames.shape
-    expected = math.ceil(num_frames * target_fps / source_fps)
+    expected = interpolated_frame_count(num_frames, source_fps, target_fps)
     padded = np.concatenate([frames, np.repeat(frames[-1:], _TAIL_REPEATS, axis=0)])
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(),
@@ -76,6 +76,11 @@ def interpolate_with_ffmpeg(frames: np.ndarray, source_fps: int, target_fps: int
         )
     output = np.frombuffer(completed.stdout, dtype=np.uint8, count=expected * frame_bytes)
     return output.reshape(expected, height, width, 3).copy()
+
+
+def interpolated_frame_count(num_frames: int, source_fps: int, target_fps: int) -> int:
+    """Frames of a ``num_frames`` clip raised from ``source_fps`` to ``target_fps``: its duration kept."""
+    return math.ceil(num_frames * target_fps / source_fps)
 
 
 def check_interpolate_fps(target_fps: int, source_fps: int) -> None:

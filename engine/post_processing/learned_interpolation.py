@@ -14,14 +14,13 @@ fall on a source frame, or past the last one, are copied, the rest are predicted
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.frame_array import checked_frames
-from engine.post_processing.frame_interpolation import check_interpolate_fps
+from engine.post_processing.frame_interpolation import check_interpolate_fps, interpolated_frame_count
 
 
 class LearnedInterpolator:
@@ -39,7 +38,7 @@ class LearnedInterpolator:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1 (got {batch_size})")
         count = len(frames)
-        output_count = math.ceil(count * target_fps / source_fps)
+        output_count = interpolated_frame_count(count, source_fps, target_fps)
         output = np.empty((output_count, *frames.shape[1:]), dtype=np.uint8)
         predicted: list[tuple[int, int, float]] = []  # (output index, left source frame, fraction)
         for index in range(output_count):

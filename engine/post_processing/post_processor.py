@@ -1,4 +1,4 @@
-"""The PostProcessor stage: decoded Frames -> the delivered MP4, thumbnail and lossless frames."""
+"""The PostProcessor stage: decoded Frames -> the delivered MP4, thumbnail, sprite sheet and lossless frames."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from engine.post_processing.frame_interpolation import (
     MAX_INTERPOLATE_FPS,
     check_interpolate_fps,
     interpolate_with_ffmpeg,
+    interpolated_frame_count,
 )
 from engine.post_processing.learned_interpolation import LearnedInterpolator
-from engine.post_processing.thumbnail import write_thumbnail
+from engine.post_processing.thumbnail import write_spritesheet, write_thumbnail
 from engine.post_processing.upscaling import (
     LANCZOS_FACTORS,
     LearnedUpscaler,
@@ -24,6 +25,7 @@ from engine.video_io import write_mp4, write_npy
 
 VIDEO_FILE = "video.mp4"
 THUMBNAIL_FILE = "thumbnail.jpg"
+SPRITESHEET_FILE = "spritesheet.jpg"
 FRAMES_FILE = "frames.npy"
 
 
@@ -56,10 +58,21 @@ class PostProcessResult:
     width: int
     height: int
     fps: int
+    spritesheet_path: str | None = None  # None: not written (a stand-in's result)
+
+
+def delivered_shape(num_frames: int, width: int, height: int, fps: int, *, interpolate_fps: int | None = None,
+                    upscale: int | None = None) -> tuple[int, int, int, int]:
+    """(frames, width, height, fps) that ``PostProcessor.process`` delivers for a decoded clip of
+    this shape: what a job will deliver, known before it runs."""
+    if interpolate_fps is not None:
+        num_frames, fps = interpolated_frame_count(num_frames, fps, interpolate_fps), interpolate_fps
+    factor = upscale or 1
+    return num_frames, width * factor, height * factor, fps
 
 
 class PostProcessor:
-    """Interpolates, upscales, then writes the video, its thumbnail and (optionally) its frames.
+    """Interpolates, upscales, then writes the video, its thumbnail, its sprite sheet and (optionally) its frames.
 
     With ``upscaler_dir`` set, upscaling uses that learned Swin2SR model (fixed factor);
     otherwise Lanczos at any factor in LANCZOS_FACTORS. With ``interpolation_model`` (a
@@ -105,6 +118,7 @@ class PostProcessor:
         output_dir = Path(output_dir)
         video_path = write_mp4(final, output_dir / VIDEO_FILE)
         thumbnail_path = write_thumbnail(array, output_dir / THUMBNAIL_FILE)
+        spritesheet_path = write_spritesheet(array, output_dir / SPRITESHEET_FILE)
         frames_path = write_npy(final, output_dir / FRAMES_FILE) if options.write_frames else None
         num_frames, height, width, _ = array.shape
         return PostProcessResult(
@@ -115,4 +129,5 @@ class PostProcessor:
             width=width,
             height=height,
             fps=fps,
+            spritesheet_path=str(spritesheet_path),
         )

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.api.errors import error_response
 from serve.secret_env import MissingSecretError, secret_from_env
+from serve.tenant import SHARED_TENANT, Tenant
 
 PROTECTED_PREFIX = "/v1"
 
@@ -43,15 +44,26 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
-def api_keys_from_env(env_name: str | None, environ: Mapping[str, str] | None = None) -> ApiKeys | None:
+def api_keys_from_env(env_name: str | None, environ: Mapping[str, str] | None = None,
+                      field: str = "api.api_keys_env") -> ApiKeys | None:
     """The keys in ``env_name`` (comma-separated), or None when no variable is named (no auth)."""
     if env_name is None:
         return None
-    value = secret_from_env(env_name, "api.api_keys_env", environ)
+    value = secret_from_env(env_name, field, environ)
     keys = [key.strip() for key in value.split(",") if key.strip()]
     if not keys:
-        raise MissingSecretError(f"api.api_keys_env: {env_name} holds no API key (only commas and spaces)")
+        raise MissingSecretError(f"{field}: {env_name} holds no API key (only commas and spaces)")
     return ApiKeys(keys)
+
+
+def request_tenant(scope: Scope) -> Tenant:
+    """The tenant ApiKeyMiddleware found for this request; the shared one when auth is off."""
+    return scope.get("state", {}).get("tenant", SHARED_TENANT)
+
+
+def is_api_request(scope: Scope) -> bool:
+    """An HTTP request to /v1/* (what keys and rate limits guard; probes and /metrics stay open)."""
+    return scope["type"] == "http" and _is_protected(_route_path(scope))
 
 
 def _route_path(scope: Scope) -> str:
@@ -77,20 +89,25 @@ def _bearer_token(scope: Scope) -> bytes | None:
 
 
 class ApiKeyMiddleware:
-    """Answers 401 in OpenAI's error shape to a /v1/* request without an accepted key."""
+    """Answers 401 in OpenAI's error shape to a /v1/* request without an accepted key, and
+    records the tenant of an accepted one (``request_tenant``)."""
 
-    def __init__(self, app: ASGIApp, api_keys: ApiKeys):
+    def __init__(self, app: ASGIApp, api_keys: ApiKeys, admin_keys: ApiKeys | None = None):
         self.app = app
         self.api_keys = api_keys
+        self.admin_keys = admin_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_protected(_route_path(scope)):
+        if not is_api_request(scope):
             await self.app(scope, receive, send)
             return
         token = _bearer_token(scope)
-        if token is not None and self.api_keys.accepts(token):
-            await self.app(scope, receive, send)
-            return
+        if token is not None:
+            is_admin = self.admin_keys is not None and self.admin_keys.accepts(token)
+            if is_admin or self.api_keys.accepts(token):
+                scope.setdefault("state", {})["tenant"] = Tenant.of_key(token, is_admin=is_admin)
+                await self.app(scope, receive, send)
+                return
         message = (
             "Missing API key: send it as 'Authorization: Bearer <key>'."
             if token is None

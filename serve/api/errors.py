@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.service_errors import InvalidField, NotFound, NotReady, Overloaded, ServiceError
+from serve.service_errors import InsufficientStorage, InvalidField, NotFound, NotReady, Overloaded, ServiceError
+
+logger = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error",
           413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-          429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+          429: "rate_limit_error", 500: "server_error", 503: "server_error", 507: "server_error"}
 
 
 class APIError(Exception):
@@ -33,12 +37,13 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 
 # The service's refusals, as HTTP statuses: the one place that knows both.
-_SERVICE_STATUSES = {NotFound: 404, InvalidField: 400, NotReady: 409, Overloaded: 429}
+_SERVICE_STATUSES = {NotFound: 404, InvalidField: 400, NotReady: 409, Overloaded: 429, InsufficientStorage: 507}
 
 
 def service_error_response(error: ServiceError) -> JSONResponse:
     status = next((code for kind, code in _SERVICE_STATUSES.items() if isinstance(error, kind)), 400)
-    headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, Overloaded) else None
+    retry_after = getattr(error, "retry_after_seconds", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return error_response(status, error.message, error.param, error.code, headers)
 
 
@@ -61,8 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
-        return error_response(error.status_code, str(error.detail), None, code)
+        return error_response(error.status_code, str(error.detail), None, code, getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception):
-        return error_response(500, f"internal error: {type(error).__name__}", None, "internal_error")
+    async def _unexpected(request: Request, error: Exception):
+        # The text of an unexpected error may hold paths, hosts or request data: it goes to the log only.
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+        return error_response(500, "internal server error", None, "internal_error")

@@ -9,15 +9,19 @@ from pathlib import Path
 from ray import serve
 
 from serve.api.api_keys import api_keys_from_env
+from serve.api.rate_limit import tenant_rate_limiter
 from serve.api.routes import create_api
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
 from serve.deployments.stage_caches import CACHE_NAMES, open_stage_cache
+from serve.jobs.retention import RetentionSweeper
 from serve.jobs.runner import JobRunner, ModelRoute, StageHandles
+from serve.jobs.webhook_outbox import WebhookOutboxDeliverer
 from serve.jobs.open_store import open_job_store
 from serve.metrics import STAGE_DEPLOYMENTS, VideoServeMetrics
 from serve.model_stages import served_spec
 from serve.video_service import VideoService
+from serve.webhook_targets import TargetPolicy
 from serve.webhooks import WebhookSender, WebhookSettings, configured_webhook_secret
 
 logger = logging.getLogger("videoserve.ingress")
@@ -48,6 +52,8 @@ class VideoAPIDeployment:
     def __init__(self, app_config: AppConfig, routes: dict[str, dict], post_processor, prompt_expander=None):
         # Secrets first: a named but missing variable stops this replica before it serves anything.
         self.api_keys = api_keys_from_env(app_config.api.api_keys_env)
+        self.admin_keys = api_keys_from_env(app_config.api.admin_api_keys_env, field="api.admin_api_keys_env")
+        self.rate_limiter = tenant_rate_limiter(app_config)
         secret = configured_webhook_secret(
             secret=app_config.webhooks.secret,
             secret_env=app_config.webhooks.secret_env,
@@ -66,15 +72,20 @@ class VideoAPIDeployment:
                                password_env=app_config.storage.job_store_password_env)
         artifacts = ArtifactStore(Path(app_config.storage.resolved_artifact_dir()))
         metrics = VideoServeMetrics(lambda: {status.value: count for status, count in store.count_by_status().items()})
-        webhooks = WebhookSender(
-            WebhookSettings(
-                secret=secret,
-                max_attempts=app_config.webhooks.max_attempts,
-                initial_backoff_s=app_config.webhooks.initial_backoff_seconds,
-            ),
-            on_attempt=lambda event, outcome: metrics.webhook_deliveries.labels(event, outcome).inc(),
+        webhook_settings = WebhookSettings(
+            secret=secret,
+            max_attempts=app_config.webhooks.max_attempts,
+            initial_backoff_s=app_config.webhooks.initial_backoff_seconds,
+            target_policy=TargetPolicy(app_config.webhooks.allow_private_targets),
         )
-        self.runner = JobRunner(app_config, model_routes, store, artifacts, metrics, webhooks)
+        sender = WebhookSender(
+            webhook_settings, on_attempt=lambda event, outcome: metrics.webhook_deliveries.labels(event, outcome).inc()
+        )
+        self.runner = JobRunner(app_config, model_routes, store, artifacts, metrics)
+        self.deliverer = WebhookOutboxDeliverer(store, sender, webhook_settings, owner=self.runner.owner,
+                                                poll_interval_s=max(app_config.jobs.poll_interval_seconds, 0.5))
+        self.runner.on_outbox_written = self.deliverer.wake
+        self.sweeper = RetentionSweeper(store, artifacts, app_config.storage.sweep_interval_seconds)
         caches = {}
         if app_config.caches.enabled:
             caches = {name: open_stage_cache(app_config, name) for name in CACHE_NAMES}
@@ -86,11 +97,14 @@ class VideoAPIDeployment:
         # Serve calls __init__ on the replica's event loop, so the runner can start now.
         asyncio.get_running_loop()
         self.runner.start()
+        self.deliverer.start()
+        self.sweeper.start()
 
     def __serve_build_asgi_app__(self):
-        api = create_api(self.api_keys)
+        api = create_api(self.api_keys, self.admin_keys, self.rate_limiter)
         api.state.service = self.service
         return api
 
     async def __del__(self):
         await self.runner.stop()
+        await asyncio.gather(self.deliverer.stop(), self.sweeper.stop())

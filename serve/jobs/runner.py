@@ -31,10 +31,9 @@ from engine.post_processing.post_processor import PostProcessOptions, PostProces
 from engine.stage_types import GenerationRequest, TextRequest
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore
+from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore, LeaseLost, WebhookOutbox
 from serve.jobs.updates import JobUpdates
 from serve.metrics import VideoServeMetrics
-from serve.webhooks import WebhookSender
 
 logger = logging.getLogger("videoserve.jobs")
 
@@ -47,16 +46,23 @@ class JobCancelled(Exception):
     pass
 
 
-class JobLeaseLost(Exception):
-    pass
-
-
 class StageFailed(RuntimeError):
-    """A stage's call raised: the job's error and the failure metrics name that stage."""
+    """A stage's call raised or ran past its deadline: the job's error and the failure metrics
+    name that stage. ``str()`` has the detail, for the log; ``client_message`` is what the
+    job's error says to its client, which never carries a stage's exception text."""
 
-    def __init__(self, stage: str, error: BaseException):
-        super().__init__(f"{stage} failed: {error}")
+    def __init__(self, stage: str, error: BaseException, timeout_s: float | None = None):
+        super().__init__(f"{stage} failed: {type(error).__name__}: {error}")
         self.stage = stage
+        self.timed_out = isinstance(error, TimeoutError)
+        self.code = "stage_timeout" if self.timed_out else "stage_failed"
+        self.client_message = (f"the {stage} stage did not finish within {timeout_s:g} s" if self.timed_out
+                               else f"the {stage} stage failed")
+
+
+# The recent job duration the queue's Retry-After is estimated from: an EWMA, seeded here.
+INITIAL_JOB_SECONDS = 30.0
+JOB_SECONDS_SMOOTHING = 0.2
 
 
 @dataclass
@@ -85,7 +91,6 @@ class JobRunner:
         store: JobStore,
         artifacts: ArtifactStore,
         metrics: VideoServeMetrics,
-        webhooks: WebhookSender | None,
         updates: JobUpdates | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -94,7 +99,6 @@ class JobRunner:
         self.store = store
         self.artifacts = artifacts
         self.metrics = metrics
-        self.webhooks = webhooks
         # Every record this runner writes is pushed here: to event streams, and to its own claim loop.
         self.updates = updates or JobUpdates()
         self._clock = clock  # paces the durable progress writes
@@ -103,6 +107,9 @@ class JobRunner:
         self._metadata: dict[str, dict] = {}  # job id -> metadata of the jobs this runner holds
         self._background: list[asyncio.Task] = []
         self._stopping = False
+        self.mean_job_seconds = INITIAL_JOB_SECONDS
+        # Set when this runner ends a job with a webhook: the outbox's deliverer wakes at once.
+        self.on_outbox_written: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._background = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._heartbeat_loop())]
@@ -119,8 +126,11 @@ class JobRunner:
                 current = self.store.get(job_id)
                 if current is None or current.status in TERMINAL_STATUSES:
                     continue  # it finished while stopping: handing it back would run it twice
-                self.store.update(job_id, status=JobStatus.QUEUED, stage=None, progress=0, lease_owner=None,
-                                  lease_expires_at=None)
+                # A shutdown is no failure of the job: the attempt its claim counted is given back.
+                self.store.update(job_id, fence=self.owner, status=JobStatus.QUEUED, stage=None, progress=0,
+                                  lease_owner=None, lease_expires_at=None, attempts=max(0, current.attempts - 1))
+            except LeaseLost:
+                continue  # another runner took it over already
             except Exception:  # the lease then expires and the job is resumed all the same
                 logger.exception("handing %s back to the queue failed", job_id)
 
@@ -145,7 +155,8 @@ class JobRunner:
             job = None
             self.updates.expect_claim()
             try:
-                job = await asyncio.to_thread(self.store.claim, self.owner, jobs.lease_seconds)
+                job = await asyncio.to_thread(self.store.claim, self.owner, jobs.lease_seconds,
+                                              max_attempts=jobs.max_attempts)
             except Exception:  # a store outage must not kill the loop
                 logger.exception("claiming a job failed")
             if job is None:
@@ -173,7 +184,17 @@ class JobRunner:
     async def _run(self, job: JobRecord) -> None:
         self._metadata[job.id] = dict(job.metadata)
         try:
-            await self._execute(job)
+            try:
+                async with asyncio.timeout(self.config.jobs.job_timeout_seconds):
+                    await self._execute(job)
+            except TimeoutError:
+                logger.warning("job %s attempt %d ran past jobs.job_timeout_seconds", job.id, job.attempts)
+                await self._fail(job.id, "job_timeout",
+                                 f"the job did not finish within {self.config.jobs.job_timeout_seconds:g} s")
+        except LeaseLost:
+            # Another runner holds the job now (this one looked dead to the store): it finishes
+            # the job; this copy writes nothing more.
+            logger.warning("job %s: lease lost to another runner; this copy stops", job.id)
         except asyncio.CancelledError:
             current = await asyncio.to_thread(self.store.get, job.id)
             if self._stopping:
@@ -181,9 +202,15 @@ class JobRunner:
                 # runner (or this app after a restart) resumes it.
                 pass
             elif current is None or current.cancel_requested:
-                await self._finish_cancelled(job.id)
+                try:
+                    await self._finish_cancelled(job.id)
+                except LeaseLost:
+                    pass
         except Exception as error:  # a stage failed: retry or give up, never drop the job
-            await self._handle_failure(job, error)
+            try:
+                await self._handle_failure(job, error)
+            except LeaseLost:
+                pass
         finally:
             self._running.pop(job.id, None)
             self._metadata.pop(job.id, None)
@@ -224,7 +251,7 @@ class JobRunner:
         frames = await self._timed("vae_decoder", handles.vae_decoder.decode.remote(latents, request.fps))
         await self._progress(job.id, "post_processor")
         post_options = PostProcessOptions(interpolate_fps=options.interpolate_fps, upscale=options.upscale,
-                                          write_frames=True)
+                                          write_frames=self.config.storage.keep_frames)
         output_dir = str(self.artifacts.job_dir(job.id))
         result: PostProcessResult = await self._timed(
             "post_processor", handles.post_processor.process.remote(frames, post_options, output_dir)
@@ -232,46 +259,53 @@ class JobRunner:
         await self._complete(job, request, result)
 
     async def _denoise(self, denoiser, job_id: str, request: GenerationRequest, text, image_conditioning):
-        low, high = DENOISE_PROGRESS
         started = time.perf_counter()
-        write_interval = self.config.jobs.progress_write_interval_seconds
-        last_write = self._clock()
-        current = None
+        timeout_s = self.config.jobs.stage_timeout_seconds
         self.metrics.stage_in_flight.labels("denoiser").inc()
         stream = denoiser.options(stream=True).denoise.remote(request, text, image_conditioning)
         try:
-            async for event in stream:
-                if isinstance(event, DenoiseDone):
-                    self.metrics.stage_latency.labels("denoiser").observe(time.perf_counter() - started)
-                    return event.latents
-                assert isinstance(event, DenoiseProgress)
-                self._observe_step(event)
-                changes = {
-                    "stage": "denoiser",
-                    "step": event.step,
-                    "total_steps": event.total_steps,
-                    "progress": low + (high - low) * event.step // event.total_steps,
-                }
-                now = self._clock()
-                if current is None or now - last_write >= write_interval:
-                    # Durable: the first step (the stage change) and then at most once per interval.
-                    current = await self._update(job_id, **changes, metadata={"step_seconds": event.step_seconds})
-                    last_write = now
-                    if current is None or current.cancel_requested:
-                        stream.cancel()
-                        raise asyncio.CancelledError()
-                else:  # every step still reaches the job's event streams, from memory
-                    metadata = {**current.metadata, "step_seconds": event.step_seconds}
-                    self.updates.publish(replace_record(current, metadata=metadata, **changes))
-            raise RuntimeError("the denoiser stream ended without latents")
-        except (asyncio.CancelledError, JobCancelled):
+            async with asyncio.timeout(timeout_s):
+                latents = await self._follow_denoising(stream, job_id)
+            self.metrics.stage_latency.labels("denoiser").observe(time.perf_counter() - started)
+            return latents
+        except (asyncio.CancelledError, JobCancelled, LeaseLost):
             stream.cancel()
             raise
         except Exception as error:
+            stream.cancel()
             self.metrics.stage_failures.labels("denoiser").inc()
-            raise StageFailed("denoiser", error) from error
+            raise StageFailed("denoiser", error, timeout_s) from error
         finally:
             self.metrics.stage_in_flight.labels("denoiser").dec()
+
+    async def _follow_denoising(self, stream, job_id: str):
+        """The Denoiser's progress stream into the job's record and event streams; its latents."""
+        low, high = DENOISE_PROGRESS
+        write_interval = self.config.jobs.progress_write_interval_seconds
+        last_write = self._clock()
+        current = None
+        async for event in stream:
+            if isinstance(event, DenoiseDone):
+                return event.latents
+            assert isinstance(event, DenoiseProgress)
+            self._observe_step(event)
+            changes = {
+                "stage": "denoiser",
+                "step": event.step,
+                "total_steps": event.total_steps,
+                "progress": low + (high - low) * event.step // event.total_steps,
+            }
+            now = self._clock()
+            if current is None or now - last_write >= write_interval:
+                # Durable: the first step (the stage change) and then at most once per interval.
+                current = await self._update(job_id, **changes, metadata={"step_seconds": event.step_seconds})
+                last_write = now
+                if current is None or current.cancel_requested:
+                    raise asyncio.CancelledError()
+            else:  # every step still reaches the job's event streams, from memory
+                metadata = {**current.metadata, "step_seconds": event.step_seconds}
+                self.updates.publish(replace_record(current, metadata=metadata, **changes))
+        raise RuntimeError("the denoiser stream ended without latents")
 
     def _observe_step(self, event: DenoiseProgress) -> None:
         self.metrics.steps.inc()
@@ -283,12 +317,16 @@ class JobRunner:
 
     async def _timed(self, stage: str, response):
         started = time.perf_counter()
+        timeout_s = self.config.jobs.stage_timeout_seconds
         self.metrics.stage_in_flight.labels(stage).inc()
         try:
-            return await response
+            async with asyncio.timeout(timeout_s):
+                return await response
         except Exception as error:
+            if isinstance(error, TimeoutError):
+                response.cancel()  # the replica stops working on it
             self.metrics.stage_failures.labels(stage).inc()
-            raise StageFailed(stage, error) from error
+            raise StageFailed(stage, error, timeout_s) from error
         finally:
             self.metrics.stage_in_flight.labels(stage).dec()
             self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - started)
@@ -299,28 +337,42 @@ class JobRunner:
             raise asyncio.CancelledError()
 
     async def _update(self, job_id: str, **changes) -> JobRecord | None:
+        """A fenced write: LeaseLost if another runner took the job over, so a runner that
+        lost its lease never overwrites (or completes) the job its successor is running."""
         # This runner holds the job's lease, so its copy of the metadata is current: merging
         # into it saves a read of the record on every denoising step.
         if "metadata" in changes:
             changes["metadata"] = {**self._metadata.get(job_id, {}), **changes["metadata"]}
-        record = await asyncio.to_thread(self.store.update, job_id, **changes)
+        record = await asyncio.to_thread(self.store.update, job_id, fence=self.owner, **changes)
         if record is not None:
             if job_id in self._metadata:
                 self._metadata[job_id] = record.metadata
             self.updates.publish(record)
         return record
 
+    def _ending(self, record_has_webhook: bool, event_type: str, now: float) -> dict:
+        """The fields every end of a job writes with its status, in the same write: the lease
+        given up, when the record expires, and its webhook put in the outbox."""
+        ending = {"stage": None, "completed_at": now, "lease_owner": None, "lease_expires_at": None,
+                  "expires_at": now + self.config.storage.retention_seconds}
+        if record_has_webhook and event_type:
+            ending["webhook_outbox"] = WebhookOutbox.new(event_type, now)
+        return ending
+
     async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult) -> None:
         artifacts = {"video": result.video_path, "thumbnail": result.thumbnail_path}
+        if result.spritesheet_path:
+            artifacts["spritesheet"] = result.spritesheet_path
         if result.frames_path:
             artifacts["frames"] = result.frames_path
+        # On disk before the record says completed: a crash right after the commit must not
+        # leave a completed job whose files are empty or missing.
+        await asyncio.to_thread(self.artifacts.make_durable, list(artifacts.values()))
         now = time.time()
         record = await self._update(
             job.id,
             status=JobStatus.COMPLETED,
             progress=100,
-            stage=None,
-            completed_at=now,
             artifacts=artifacts,
             metadata={
                 "num_frames": result.num_frames,
@@ -328,54 +380,53 @@ class JobRunner:
                 "height": result.height,
                 "fps": result.fps,
             },
+            **self._ending(job.webhook_url is not None, "video.completed", now),
         )
         if record is None:  # deleted while it ran: leave nothing behind
             self.artifacts.delete(job.id)
             return
-        await asyncio.to_thread(self.store.release, job.id, self.owner)
         self.metrics.jobs_finished.labels("completed").inc()
         self.metrics.job_duration.observe(now - job.created_at)
-        await self._notify(record, "video.completed")
+        self.mean_job_seconds += JOB_SECONDS_SMOOTHING * ((now - job.created_at) - self.mean_job_seconds)
+        self._outbox_written(record)
 
     async def _finish_cancelled(self, job_id: str) -> None:
-        record = await self._update(job_id, status=JobStatus.CANCELLED, stage=None, completed_at=time.time())
+        record = await self._update(job_id, status=JobStatus.CANCELLED, **self._ending(False, "", time.time()))
         if record is None:  # deleted through the API, which counted it and removed its files
             self.artifacts.delete(job_id)
             return
-        await asyncio.to_thread(self.store.release, job_id, self.owner)
         self.metrics.jobs_finished.labels("cancelled").inc()
 
     async def _handle_failure(self, job: JobRecord, error: Exception) -> None:
-        logger.warning("job %s attempt %d failed: %r", job.id, job.attempts, error)
+        # The detail (a stage's exception text) goes to the log; the client sees a code and a
+        # sentence that names the stage.
+        logger.warning("job %s attempt %d failed: %s", job.id, job.attempts, error,
+                       exc_info=(type(error), error, error.__traceback__))
         current = await asyncio.to_thread(self.store.get, job.id)
         if current is None or current.status in TERMINAL_STATUSES:
             return
+        code, message = ((error.code, error.client_message) if isinstance(error, StageFailed)
+                         else ("generation_failed", "the job failed"))
         if current.attempts < self.config.jobs.max_attempts:
             self.metrics.job_retries.inc()
             await self._update(job.id, status=JobStatus.QUEUED, stage=None, progress=0, lease_owner=None,
-                               lease_expires_at=None, error_message=f"attempt {current.attempts} failed: {error}")
+                               lease_expires_at=None, error_message=f"attempt {current.attempts}: {message}")
             return
-        record = await self._update(
-            job.id,
-            status=JobStatus.FAILED,
-            stage=None,
-            completed_at=time.time(),
-            error_code="generation_failed",
-            error_message=f"failed after {current.attempts} attempts: {error}",
-        )
-        await asyncio.to_thread(self.store.release, job.id, self.owner)
+        await self._fail(job.id, code, f"{message} (attempt {current.attempts} of {self.config.jobs.max_attempts})")
+
+    async def _fail(self, job_id: str, code: str, message: str) -> None:
+        current = await asyncio.to_thread(self.store.get, job_id)
+        if current is None:
+            return
+        record = await self._update(job_id, status=JobStatus.FAILED, error_code=code, error_message=message,
+                                    **self._ending(current.webhook_url is not None, "video.failed", time.time()))
         self.metrics.jobs_finished.labels("failed").inc()
         if record is not None:
-            await self._notify(record, "video.failed")
+            self._outbox_written(record)
 
-    async def _notify(self, record: JobRecord, event_type: str) -> None:
-        if self.webhooks is None or not record.webhook_url:
-            return
-        from serve.video_object import video_object
-
-        payload = video_object(record).model_dump(mode="json")
-        # Delivery retries with backoff in the background; the job is already final.
-        asyncio.create_task(self.webhooks.send(record.webhook_url, event_type, payload))
+    def _outbox_written(self, record: JobRecord) -> None:
+        if record.webhook_outbox is not None:
+            self.on_outbox_written()
 
 
 def replace_record(record: JobRecord, **changes) -> JobRecord:

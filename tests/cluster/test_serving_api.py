@@ -234,8 +234,9 @@ def test_webhook_is_delivered_signed(cluster):
         receiver.shutdown()
     verdict, payload, headers = deliveries[0]
     assert verdict == "verified"
-    assert payload["type"] == "video.completed" and payload["data"]["id"] == video.id
-    assert payload["data"]["status"] == "completed"
+    assert payload["type"] == "video.completed" and payload["data"] == {"id": video.id}
+    assert payload["object"] == "event" and payload["id"].startswith("evt_")
+    assert isinstance(payload["created_at"], int)
     assert headers["webhook-id"]
 
 
@@ -368,7 +369,7 @@ def test_non_image_upload_is_refused_for_image_to_video(cluster):
         ("GET", "/v1/videos/video_doesnotexist", 404),
         ("DELETE", "/v1/videos/video_doesnotexist", 404),
         ("GET", "/v1/videos/video_doesnotexist/content", 404),
-        ("GET", "/v1/videos?limit=0", 400),
+        ("GET", "/v1/videos?limit=-1", 400),  # limit=0 is a page (empty, with has_more), as OpenAI's
         ("GET", "/v1/videos?order=sideways", 400),
         ("GET", "/v1/videos?after=video_doesnotexist", 404),
         ("GET", "/v1/nothing-here", 404),
@@ -448,3 +449,28 @@ def test_a_job_accepted_before_a_full_restart_completes_after_it(cluster):
     assert finished.status == "completed"
     assert finished.model_extra["seed"] == 9
     assert len(client.videos.download_content(video.id).read()) > 0
+
+
+def test_remix_keeps_the_source_parameters_and_the_spritesheet_shows_the_delivered_frames(cluster):
+    client = openai_client(cluster)
+    source = client.videos.create_and_poll(
+        prompt="a paper boat", size="32x32",
+        extra_body={"seed": 31, "num_inference_steps": 2, "num_frames": 9, "fps": 8, "interpolate_fps": 24,
+                    "upscale": 2},
+    )
+    assert source.status == "completed", source
+    # The delivered clip: 9 frames at 8 fps -> 27 at 24 fps, each side doubled.
+    assert (source.size, source.seconds) == ("64x64", f"{(27 - 1) / 24:g}")
+    sheet = Image.open(io.BytesIO(client.videos.download_content(source.id, variant="spritesheet").read()))
+    assert (sheet.format, sheet.size) == ("JPEG", (5 * 64, 2 * 64))  # 10 of the 27 frames, five to a row
+
+    remix = client.videos.remix(source.id, prompt="a paper boat in the rain")
+    assert remix.id != source.id and remix.remixed_from_video_id == source.id
+    assert remix.prompt == "a paper boat in the rain" and remix.model_extra["seed"] == 31
+    assert (remix.size, remix.seconds) == (source.size, source.seconds)
+    finished = client.videos.poll(remix.id, poll_interval_ms=200)
+    # The runner's own metadata writes (step times, delivered shape) keep the remix's source.
+    assert finished.status == "completed" and finished.remixed_from_video_id == source.id
+    assert (finished.size, finished.seconds) == (source.size, source.seconds)
+    frames = np.load(io.BytesIO(client.videos.download_content(remix.id, variant="frames").read()))
+    assert frames.shape == (27, 64, 64, 3)

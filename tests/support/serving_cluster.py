@@ -65,7 +65,7 @@ def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dic
         "device": "cpu",
         "jobs": {"lease_seconds": 3.0, "poll_interval_seconds": 0.05, "max_queued": 64},
         "api": {"poll_after_ms": 100, "max_request_bytes": 256 * 1024},
-        "webhooks": {"secret": WEBHOOK_SECRET, "initial_backoff_seconds": 0.05},
+        "webhooks": {"secret": WEBHOOK_SECRET, "initial_backoff_seconds": 0.05, "allow_private_targets": True},
     }
     t2v = default_serve_config(
         AppConfig.model_validate({**common, "models": ["tiny"], "storage": {"state_dir": str(state_dirs["t2v"])}}),

@@ -121,6 +121,13 @@ def test_serve_config_carries_the_codes_defaults_and_the_charts_args():
     assert args.api.api_keys_env is None and args.webhooks.secret_env is None  # no secrets given
 
 
+@pytest.mark.parametrize("name", VALUES_FILES)
+def test_gpu_values_do_not_keep_lossless_frames_and_the_cpu_demo_does(name):
+    args = AppConfig.model_validate(application(render(VALUES_FILES[name]))["args"])
+    assert args.storage.keep_frames is (args.device != "cuda")
+    assert args.storage.state_dir == "/var/lib/videoserve"  # merged with the chart's storage, not replacing it
+
+
 def test_user_args_win_over_the_charts_and_deployment_overrides_merge_over_the_codes():
     manifests = render(set_values={
         "serve": {"args": {"storage": {"artifact_dir": "/mnt/elsewhere"}},

@@ -22,6 +22,8 @@ from engine.post_processing import (
     upscale_lanczos,
     write_thumbnail,
 )
+from engine.post_processing.post_processor import delivered_shape
+from engine.post_processing.thumbnail import make_spritesheet, spritesheet_layout, write_spritesheet
 from engine.post_processing.upscaling import pad_symmetric
 from engine.stage_types import Frames
 
@@ -233,17 +235,82 @@ def test_thumbnail_rewrite_replaces_atomically(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["thumbnail.jpg"]
 
 
+# --- sprite sheet --------------------------------------------------------------------------
+
+
+def _grey_frames(count: int, height: int, width: int) -> np.ndarray:
+    """Frame i is one flat grey 10 * i: each tile of a sheet says which frame it shows."""
+    greys = (np.arange(count) * 10).astype(np.uint8)
+    return np.broadcast_to(greys[:, None, None, None], (count, height, width, 3)).copy()
+
+
+def _tile_greys(image: Image.Image, columns: int, rows: int) -> list[int]:
+    pixels = np.asarray(image.convert("L")).astype(int)
+    tile_height, tile_width = pixels.shape[0] // rows, pixels.shape[1] // columns
+    return [int(pixels[row * tile_height + tile_height // 2, column * tile_width + tile_width // 2])
+            for row in range(rows) for column in range(columns)]
+
+
+def test_spritesheet_is_ten_evenly_spaced_frames_five_to_a_row_each_shrunk_to_160_wide():
+    frames = _grey_frames(25, 60, 200)
+    image = Image.open(io.BytesIO(make_spritesheet(frames)))
+    assert image.format == "JPEG"
+    assert image.size == (5 * 160, 2 * 48)  # 200x60 tiles shrunk to 160x48, aspect kept
+    # First and last frame included, the rest evenly between (integer steps of 24/9).
+    shown = [0, 2, 5, 8, 10, 13, 16, 18, 21, 24]
+    assert spritesheet_layout(25, 60, 200).frame_indices == tuple(shown)
+    greys = _tile_greys(image, columns=5, rows=2)
+    assert all(abs(grey - 10 * index) <= 3 for grey, index in zip(greys, shown, strict=True)), greys
+
+
+def test_a_short_clip_shows_every_frame_in_one_row_at_its_own_size():
+    frames = _grey_frames(3, 16, 40)
+    image = Image.open(io.BytesIO(make_spritesheet(frames)))
+    assert image.size == (3 * 40, 16)  # never upscaled
+    assert [abs(grey - 10 * index) <= 3 for index, grey in enumerate(_tile_greys(image, 3, 1))] == [True] * 3
+    assert spritesheet_layout(1, 16, 40).frame_indices == (0,)
+
+
+@pytest.mark.parametrize(
+    ("count", "width", "layout", "size", "tiles"),
+    [
+        (7, 80, {"max_tiles": 7, "columns": 3, "tile_width": 20}, (3 * 20, 3 * 5), 7),  # a short last row
+        (100, 40, {"max_tiles": 4, "columns": 4, "tile_width": 80}, (4 * 40, 20), 4),  # 40 wide stays 40
+        (12, 80, {"max_tiles": 12, "columns": 1, "tile_width": 1}, (1, 12 * 1), 12),  # a side never reaches 0
+    ],
+)
+def test_spritesheet_layout_follows_its_arguments(count, width, layout, size, tiles):
+    frames = _grey_frames(count, 20, width)
+    image = Image.open(io.BytesIO(make_spritesheet(frames, **layout)))
+    computed = spritesheet_layout(count, 20, width, **layout)
+    assert image.size == computed.size == size
+    assert len(computed.frame_indices) == tiles and computed.frame_indices[-1] == count - 1
+
+
+def test_spritesheet_refuses_bad_arguments_and_writes_atomically(tmp_path):
+    frames = _grey_frames(2, 8, 8)
+    for argument in ("max_tiles", "columns", "tile_width"):
+        with pytest.raises(ValueError, match=argument):
+            make_spritesheet(frames, **{argument: 0})
+    with pytest.raises(ValueError):
+        write_spritesheet(frames, tmp_path / "spritesheet.jpg", columns=True)
+    assert list(tmp_path.iterdir()) == []
+    write_spritesheet(frames, tmp_path / "spritesheet.jpg")
+    assert [path.name for path in tmp_path.iterdir()] == ["spritesheet.jpg"]
+
+
 # --- the PostProcessor stage ---------------------------------------------------------------
 
 
-def test_post_processor_interpolates_upscales_and_writes_three_files(tmp_path):
+def test_post_processor_interpolates_upscales_and_writes_four_files(tmp_path):
     source = _sliding_patch(9, height=32, width=80)
     result = PostProcessor().process(
         Frames("req-1", source, 8), PostProcessOptions(interpolate_fps=24, upscale=2), tmp_path
     )
 
     assert (result.num_frames, result.width, result.height, result.fps) == (27, 160, 64, 24)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["frames.npy", "thumbnail.jpg", "video.mp4"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["frames.npy", "spritesheet.jpg", "thumbnail.jpg",
+                                                                "video.mp4"]
     assert result.video_path == str(tmp_path / "video.mp4")
 
     decoded, rate = _decode(result.video_path)
@@ -257,6 +324,10 @@ def test_post_processor_interpolates_upscales_and_writes_three_files(tmp_path):
 
     thumbnail = Image.open(result.thumbnail_path)
     assert (thumbnail.format, thumbnail.size) == ("JPEG", (160, 64))
+    # The sheet shows the delivered frames: 10 of the 27, 160x64 each (already 160 wide).
+    assert result.spritesheet_path == str(tmp_path / "spritesheet.jpg")
+    assert Image.open(result.spritesheet_path).size == (5 * 160, 2 * 64)
+    assert delivered_shape(9, 80, 32, 8, interpolate_fps=24, upscale=2) == (27, 160, 64, 24)
 
 
 def test_post_processor_without_options_delivers_the_decoded_frames(tmp_path):
@@ -270,7 +341,8 @@ def test_post_processor_without_options_delivers_the_decoded_frames(tmp_path):
         Frames("req-3", source, 16), PostProcessOptions(write_frames=False), tmp_path / "no-frames"
     )
     assert skipped.frames_path is None
-    assert sorted(path.name for path in (tmp_path / "no-frames").iterdir()) == ["thumbnail.jpg", "video.mp4"]
+    assert sorted(path.name for path in (tmp_path / "no-frames").iterdir()) == ["spritesheet.jpg", "thumbnail.jpg",
+                                                                                "video.mp4"]
 
 
 def test_post_processor_uses_the_learned_upscaler_when_configured(tmp_path, swin2sr_x2_dir):

@@ -1,4 +1,7 @@
-"""Signed webhooks, delivered to a real HTTP receiver on 127.0.0.1 that verifies each one."""
+"""Signed webhooks, delivered to a real HTTP receiver on loopback that verifies each one.
+
+Only loopback is ever connected to; refusals of other targets happen before any connection.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from serve.webhook_targets import TargetPolicy
+from tests.support.webhook_receiver import Reply, WebhookReceiver
 from serve.webhooks import (
     VIDEO_COMPLETED,
     VIDEO_FAILED,
+    AttemptResult,
     WebhookSender,
     WebhookSettings,
     configured_webhook_secret,
@@ -28,97 +32,21 @@ from serve.webhooks import (
     retry_after_s,
     retry_delay_s,
     validate_webhook_url,
+    webhook_event_body,
 )
 
 SECRET = generate_webhook_secret()
-JOB_DATA = {"job_id": "job-42", "status": "completed", "video_url": "http://127.0.0.1/videos/job-42.mp4"}
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    # Hold the answer until the test ends: the sender's read timeout fires first.
-    hold: bool = False
-
-
-@dataclass(frozen=True)
-class Delivery:
-    headers: dict[str, str]
-    body: bytes
-    payload: Any | None  # what verify() returned; None when verification failed
-    verification_error: str | None
-    arrived_at: float  # time.monotonic() on the receiver
-
-
-class WebhookReceiver:
-    """An HTTP server that verifies Standard Webhooks signatures like a real receiver.
-
-    Answers follow ``replies`` in order, then 200. A delivery whose signature does not
-    verify is answered 401, as receivers built on standardwebhooks do.
-    """
-
-    def __init__(self, secret: str, replies: list[Reply] | None = None):
-        self.deliveries: list[Delivery] = []
-        self._verifier = Webhook(secret)
-        self._replies = list(replies or [])
-        self._lock = threading.Lock()
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                receiver._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        # A short poll interval: shutdown() waits up to one interval, once per test.
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/video"
-
-    def _handle(self, request: BaseHTTPRequestHandler) -> None:
-        arrived_at = time.monotonic()
-        body = request.rfile.read(int(request.headers["Content-Length"]))
-        headers = dict(request.headers.items())
-        try:
-            payload, error = self._verifier.verify(body, headers), None
-        except WebhookVerificationError as verification_error:
-            payload, error = None, str(verification_error)
-        with self._lock:
-            self.deliveries.append(Delivery(headers, body, payload, error, arrived_at))
-            reply = self._replies.pop(0) if self._replies else Reply()
-        if error is not None:
-            reply = Reply(401)
-        if reply.hold:
-            self.release.wait(timeout=30)
-        try:
-            request.send_response(reply.status)
-            for name, value in reply.headers.items():
-                request.send_header(name, value)
-            request.send_header("Content-Length", "0")
-            request.end_headers()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the sender gave up on a held answer
-
-    def close(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
+VIDEO_ID = "video_42"
+# The receivers listen on loopback, which the default policy refuses.
+LOOPBACK = TargetPolicy(["127.0.0.0/8", "::1/128"])
 
 
 @pytest.fixture
 def make_receiver() -> Iterator:
     receivers: list[WebhookReceiver] = []
 
-    def make(replies: list[Reply] | None = None, secret: str = SECRET) -> WebhookReceiver:
-        receivers.append(WebhookReceiver(secret, replies))
+    def make(replies: list[Reply] | None = None, secret: str = SECRET, host: str = "127.0.0.1") -> WebhookReceiver:
+        receivers.append(WebhookReceiver(secret, replies, host))
         return receivers[-1]
 
     yield make
@@ -127,20 +55,24 @@ def make_receiver() -> Iterator:
 
 
 def fast_settings(**overrides: Any) -> WebhookSettings:
-    values = {"secret": SECRET, "max_attempts": 4, "initial_backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 5.0}
+    values = {"secret": SECRET, "max_attempts": 4, "initial_backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 5.0,
+              "target_policy": LOOPBACK}
     return WebhookSettings(**{**values, **overrides})
 
 
 def deliver(
-    settings: WebhookSettings, url: str, event_type: str = VIDEO_COMPLETED, data: dict | None = None
+    settings: WebhookSettings, url: str, event_type: str = VIDEO_COMPLETED, video_id: str = VIDEO_ID,
+    resolve: Any = None, message_id: str | None = None,
 ) -> tuple[bool, list[tuple[str, str]]]:
     """Send one event; returns send()'s result and every (event_type, outcome) on_attempt saw."""
     outcomes: list[tuple[str, str]] = []
+    options = {} if resolve is None else {"resolve": resolve}
 
     async def run() -> bool:
-        async with WebhookSender(settings, on_attempt=lambda kind, outcome: outcomes.append((kind, outcome))) as sender:
+        record = lambda kind, outcome: outcomes.append((kind, outcome))  # noqa: E731
+        async with WebhookSender(settings, on_attempt=record, **options) as sender:
             # A guard so a broken backoff fails the test instead of hanging it.
-            return await asyncio.wait_for(sender.send(url, event_type, JOB_DATA if data is None else data), 60)
+            return await asyncio.wait_for(sender.send(url, event_type, video_id, message_id=message_id), 60)
 
     return asyncio.run(run()), outcomes
 
@@ -174,6 +106,7 @@ def test_generated_secret_is_32_random_bytes_that_standardwebhooks_accepts():
         ({"max_backoff_s": float("inf")}, "max_backoff_s"),
         ({"initial_backoff_s": 5.0, "max_backoff_s": 1.0}, "initial_backoff_s"),
         ({"timeout_s": 0}, "timeout_s"),
+        ({"target_policy": True}, "target_policy"),
     ],
 )
 def test_settings_refuse_bad_values_naming_the_field(overrides, field_name):
@@ -253,22 +186,23 @@ def test_retry_after_header_reads_seconds_and_http_dates():
 # --- deliveries to a real receiver ------------------------------------------------------
 
 
-def test_delivery_is_signed_and_carries_type_timestamp_and_data(make_receiver):
+def test_delivery_is_signed_and_is_an_openai_webhook_event(make_receiver):
     receiver = make_receiver()
     before = datetime.now(timezone.utc)
-    delivered, outcomes = deliver(fast_settings(), receiver.url, VIDEO_FAILED, {"job_id": "j1", "error": "OOM"})
+    delivered, outcomes = deliver(fast_settings(), receiver.url, VIDEO_FAILED, "video_j1")
     after = datetime.now(timezone.utc)
 
     assert delivered is True
     assert outcomes == [(VIDEO_FAILED, "delivered")]
     [delivery] = receiver.deliveries
     assert delivery.verification_error is None
+    assert set(delivery.payload) == {"id", "object", "created_at", "type", "data"}
+    assert delivery.payload["id"].startswith("evt_")
+    assert delivery.payload["object"] == "event"
     assert delivery.payload["type"] == VIDEO_FAILED
-    assert delivery.payload["data"] == {"job_id": "j1", "error": "OOM"}
-    assert set(delivery.payload) == {"type", "timestamp", "data"}
-    event_time = datetime.fromisoformat(delivery.payload["timestamp"])
-    assert event_time.utcoffset() == timedelta(0)
-    assert before <= event_time <= after
+    assert delivery.payload["data"] == {"id": "video_j1"}
+    assert isinstance(delivery.payload["created_at"], int)
+    assert int(before.timestamp()) <= delivery.payload["created_at"] <= after.timestamp()
     headers = {name.lower(): value for name, value in delivery.headers.items()}
     assert headers["content-type"] == "application/json"
     assert headers["webhook-id"].startswith("msg_")
@@ -284,7 +218,8 @@ def test_signature_binds_the_body_and_the_id(make_receiver):
     verifier = Webhook(SECRET)
     assert verifier.verify(delivery.body, delivery.headers) == delivery.payload
 
-    tampered_body = delivery.body.replace(b"job-42", b"job-43")
+    tampered_body = delivery.body.replace(VIDEO_ID.encode(), b"video_43")
+    assert tampered_body != delivery.body
     with pytest.raises(WebhookVerificationError):
         verifier.verify(tampered_body, delivery.headers)
     other_id = {**delivery.headers, "Webhook-Id": "msg_someone_else"}
@@ -413,7 +348,7 @@ def test_a_raising_on_attempt_hook_does_not_break_delivery(make_receiver):
 
     async def run() -> bool:
         async with WebhookSender(fast_settings(), on_attempt=broken_metrics) as sender:
-            return await sender.send(receiver.url, VIDEO_COMPLETED, JOB_DATA)
+            return await sender.send(receiver.url, VIDEO_COMPLETED, VIDEO_ID)
 
     assert asyncio.run(run()) is True
     assert len(receiver.deliveries) == 2
@@ -423,6 +358,172 @@ def test_an_invalid_url_is_reported_as_failed_not_raised():
     delivered, outcomes = deliver(fast_settings(), "ftp://127.0.0.1/hooks")
     assert delivered is False
     assert outcomes == [(VIDEO_COMPLETED, "failed")]
+
+
+# --- targets: checked per attempt, and the checked address is the one connected to ---------
+
+
+class FakeResolver:
+    """Answers ``answers`` in turn (the last one repeats); an exception in the list is raised."""
+
+    def __init__(self, *answers: Any):
+        self.answers = list(answers)
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append((host, port))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def test_the_default_policy_refuses_a_loopback_target_before_connecting(make_receiver):
+    receiver = make_receiver()
+    delivered, outcomes = deliver(fast_settings(target_policy=TargetPolicy()), receiver.url)
+    assert delivered is False
+    assert outcomes == [(VIDEO_COMPLETED, "failed")]  # refused: not retried
+    assert receiver.connections == 0 and receiver.deliveries == []
+
+
+def test_the_delivery_goes_to_the_checked_address_with_the_original_host_header(make_receiver):
+    # The system resolves localhost to 127.0.0.1, where nothing listens on this port; the
+    # delivery arrives only if the sender connects to the address the check resolved.
+    try:
+        receiver = make_receiver(host="127.0.0.2")
+    except OSError:
+        pytest.skip("cannot bind 127.0.0.2 here")
+    resolve = FakeResolver(["127.0.0.2"])
+    delivered, outcomes = deliver(fast_settings(), f"http://localhost:{receiver.port}/hooks/video", resolve=resolve)
+
+    assert delivered is True and outcomes == [(VIDEO_COMPLETED, "delivered")]
+    [delivery] = receiver.deliveries
+    headers = {name.lower(): value for name, value in delivery.headers.items()}
+    assert headers["host"] == f"localhost:{receiver.port}"
+    assert delivery.verification_error is None
+    assert resolve.asked == [("localhost", receiver.port)]
+
+
+def test_a_name_that_resolves_elsewhere_at_retry_time_is_refused_then(make_receiver):
+    # DNS rebinding: the first answer passes, the next one is outside the allowlist.
+    receiver = make_receiver([Reply(503)])
+    resolve = FakeResolver(["127.0.0.1"], ["127.0.0.2"])
+    settings = fast_settings(target_policy=TargetPolicy(["127.0.0.1/32"]))
+    delivered, outcomes = deliver(settings, f"http://localhost:{receiver.port}/hooks/video", resolve=resolve)
+
+    assert delivered is False
+    assert outcomes == [(VIDEO_COMPLETED, "retry"), (VIDEO_COMPLETED, "failed")]
+    assert receiver.connections == 1 and len(receiver.deliveries) == 1
+    assert len(resolve.asked) == 2
+
+
+def test_a_name_that_does_not_resolve_is_retried_without_connecting():
+    resolve = FakeResolver(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    delivered, outcomes = deliver(fast_settings(max_attempts=3), "http://localhost:9/hooks", resolve=resolve)
+    assert delivered is False
+    assert [outcome for _, outcome in outcomes] == ["retry", "retry", "failed"]
+    assert len(resolve.asked) == 3
+
+
+def test_one_given_webhook_id_is_used_across_retries(make_receiver):
+    receiver = make_receiver([Reply(500), Reply(503)])
+    delivered, _ = deliver(fast_settings(max_attempts=5), receiver.url, message_id="msg_outbox_7")
+    assert delivered is True
+    assert [delivery.headers["webhook-id"] for delivery in receiver.deliveries] == ["msg_outbox_7"] * 3
+    assert all(delivery.verification_error is None for delivery in receiver.deliveries)
+    assert len({delivery.payload["id"] for delivery in receiver.deliveries}) == 1  # one event, three attempts
+
+
+def test_attempt_makes_one_attempt_and_reports_it_without_sleeping(make_receiver):
+    receiver = make_receiver([Reply(429, {"Retry-After": "120"}), Reply(503)])
+    body = webhook_event_body("evt_1", VIDEO_COMPLETED, VIDEO_ID, 1_700_000_000)
+    outcomes: list[tuple[str, str]] = []
+
+    async def run() -> list[AttemptResult]:
+        async with WebhookSender(fast_settings(), on_attempt=lambda *seen: outcomes.append(seen)) as sender:
+            started = time.monotonic()
+            first = await sender.attempt(receiver.url, "msg_1", body)
+            assert time.monotonic() - started < 5  # the 120 s Retry-After is the caller's to honour
+            last = await sender.attempt(receiver.url, "msg_1", body, last_attempt=True)
+            done = await sender.attempt(receiver.url, "msg_1", body)
+            async with WebhookSender(fast_settings(target_policy=TargetPolicy())) as strict:
+                refused = await strict.attempt(receiver.url, "msg_1", body)
+            return [first, last, done, refused]
+
+    first, last, done, refused = asyncio.run(run())
+    assert first == AttemptResult("retry", 429, 120.0, "HTTP 429")
+    assert last == AttemptResult("failed", 503, None, "HTTP 503")
+    assert done == AttemptResult("delivered", 200, None, "")
+    assert refused.outcome == "failed" and refused.status_code is None
+    assert refused.problem.startswith("webhook_url: 127.0.0.1 is not a public address (loopback)")
+    assert outcomes == [(VIDEO_COMPLETED, "retry"), (VIDEO_COMPLETED, "failed"), (VIDEO_COMPLETED, "delivered")]
+    assert [delivery.payload for delivery in receiver.deliveries] == [json.loads(body)] * 3
+    assert receiver.connections == 3
+
+
+def test_the_event_body_is_openais_webhook_event_as_compact_json():
+    body = webhook_event_body("evt_abc", VIDEO_COMPLETED, "video_123", 1_700_000_000)
+    assert body == ('{"id":"evt_abc","object":"event","created_at":1700000000,"type":"video.completed",'
+                    '"data":{"id":"video_123"}}')
+
+
+def _self_signed_certificate(tmp_path: Any, name: str) -> tuple[str, str]:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_https_names_the_original_host_in_tls_while_connecting_to_the_checked_address(tmp_path):
+    import ssl
+
+    cert_file, key_file = _self_signed_certificate(tmp_path, "hooks.test")
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda connection, name, _: server_names.append(name)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        connection, _ = listener.accept()
+        try:
+            with context.wrap_socket(connection, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass  # the client rightly distrusts a self-signed certificate
+
+    server = threading.Thread(target=serve_one, daemon=True)
+    server.start()
+    body = webhook_event_body("evt_1", VIDEO_COMPLETED, VIDEO_ID, 1_700_000_000)
+
+    async def run() -> AttemptResult:
+        async with WebhookSender(fast_settings(), resolve=FakeResolver(["127.0.0.1"])) as sender:
+            return await sender.attempt(f"https://hooks.test:{port}/hook", "msg_1", body)
+
+    try:
+        result = asyncio.run(run())
+        server.join(timeout=10)
+    finally:
+        listener.close()
+    assert server_names == ["hooks.test"]
+    assert result.outcome == "retry" and "CERTIFICATE_VERIFY_FAILED" in result.problem
 
 
 # --- the secret from the environment variable the config names ---------------------------
@@ -443,7 +544,7 @@ def test_the_secret_from_the_env_var_signs_deliveries_the_receiver_verifies(make
     delivered, outcomes = deliver(fast_settings(secret=secret), receiver.url)
     [delivery] = receiver.deliveries
     assert delivered is True and outcomes == [(VIDEO_COMPLETED, "delivered")]
-    assert delivery.verification_error is None and delivery.payload["data"] == JOB_DATA
+    assert delivery.verification_error is None and delivery.payload["data"] == {"id": VIDEO_ID}
     assert not (tmp_path / "webhook_secret").exists()  # nothing generated when the env var supplies it
 
 
