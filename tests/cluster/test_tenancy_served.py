@@ -29,7 +29,8 @@ def tenants_app(ray_cluster, serve_port, preset_specs, redis_server, tmp_path_fa
         "models": ["tiny"], "cache_dir": str(preset_specs.cache), "device": "cpu",
         "storage": {"state_dir": str(tmp_path_factory.mktemp("tenants-state")), "keep_frames": False,
                     "retention_seconds": 3600, "job_store_url": f"{redis_server.url}?prefix=tenants-{uuid.uuid4().hex}"},
-        "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0, "job_timeout_seconds": 120},
+        "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0, "job_timeout_seconds": 120,
+                 "max_concurrent_per_ingress": 1},  # so a queue builds up
         "api": {"poll_after_ms": 100, "api_keys_env": "VS_TEST_KEYS", "admin_api_keys_env": "VS_TEST_ADMIN_KEYS",
                 "max_queued_per_key": 3, "requests_per_minute_per_key": RATE_PER_MINUTE},
     })
