@@ -9,9 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.jobs.store import JobStoreUnavailable
 from serve.service_errors import InsufficientStorage, InvalidField, NotFound, NotReady, Overloaded, ServiceError
 
 logger = logging.getLogger(__name__)
+
+# How long a client should wait after the job store was unreachable: about what a Redis
+# restart (or a failover) takes; redis-py has already retried for a few seconds by then.
+STORE_RETRY_AFTER_SECONDS = 2
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error",
           413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
@@ -55,6 +60,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError):
         return service_error_response(error)
+
+    @app.exception_handler(JobStoreUnavailable)
+    async def _store_unavailable(request: Request, error: JobStoreUnavailable):
+        logger.warning("job store unavailable on %s %s: %s", request.method, request.url.path, error)
+        return error_response(503, "the job store is unavailable; retry shortly", None,
+                              "store_unavailable", {"Retry-After": str(STORE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError):

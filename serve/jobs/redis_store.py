@@ -28,6 +28,7 @@ not Redis Cluster.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,6 +42,7 @@ from serve.jobs.store import (
     JobRecord,
     JobStatus,
     JobStore,
+    JobStoreUnavailable,
     ListOrder,
     QueueFull,
     apply_changes,
@@ -141,6 +143,24 @@ def split_prefix(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), (prefixes[0] if prefixes else DEFAULT_PREFIX)
 
 
+# Raised by redis-py when the server is gone or too slow; the client already retried these
+# (redis-py's default Retry) before they reach here.
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _outages_as_unavailable(method):
+    """A Redis outage becomes the store's JobStoreUnavailable: callers above never import redis."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _OUTAGES as error:
+            raise JobStoreUnavailable(f"the job store (redis) is unreachable: {type(error).__name__}") from error
+
+    return wrapper
+
+
 class RedisJobStore(JobStore):
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX):
         self.client = client
@@ -228,7 +248,10 @@ class RedisJobStore(JobStore):
 
     def create(self, job: JobRecord, admission: Admission | None = None) -> None:
         if not self._write_if_unchanged("", job, admission):
-            raise JobExistsError(job.id)
+            # The client retries a call whose connection dropped after Redis ran it: the
+            # first run's record is this very one, and the create did happen.
+            if self.client.get(self._job_key(job.id)) != job.model_dump_json():
+                raise JobExistsError(job.id)
 
     def get(self, job_id: str) -> JobRecord | None:
         found = self._read(job_id)
@@ -377,3 +400,13 @@ class RedisJobStore(JobStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _wrap_store_methods(cls: type) -> None:
+    # Every operation of the JobStore interface, so none can leak a redis exception upwards.
+    for name in JobStore.__abstractmethods__:
+        if name in cls.__dict__ and name != "close":
+            setattr(cls, name, _outages_as_unavailable(cls.__dict__[name]))
+
+
+_wrap_store_methods(RedisJobStore)

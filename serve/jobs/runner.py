@@ -31,7 +31,15 @@ from engine.post_processing.post_processor import PostProcessOptions, PostProces
 from engine.stage_types import GenerationRequest, TextRequest
 from serve.app_config import AppConfig
 from serve.artifact_store import ArtifactStore
-from serve.jobs.store import TERMINAL_STATUSES, JobRecord, JobStatus, JobStore, LeaseLost, WebhookOutbox
+from serve.jobs.store import (
+    TERMINAL_STATUSES,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    JobStoreUnavailable,
+    LeaseLost,
+    WebhookOutbox,
+)
 from serve.jobs.updates import JobUpdates
 from serve.metrics import VideoServeMetrics
 
@@ -59,6 +67,11 @@ class StageFailed(RuntimeError):
         self.client_message = (f"the {stage} stage did not finish within {timeout_s:g} s" if self.timed_out
                                else f"the {stage} stage failed")
 
+
+# A write that finds the store unreachable is retried with this backoff (seconds, doubling to
+# the cap) until the job's lease would have run out: a Redis restart costs the job nothing.
+STORE_RETRY_FIRST_DELAY_S = 0.1
+STORE_RETRY_MAX_DELAY_S = 1.0
 
 # The recent job duration the queue's Retry-After is estimated from: an EWMA, seeded here.
 INITIAL_JOB_SECONDS = 30.0
@@ -195,22 +208,25 @@ class JobRunner:
             # Another runner holds the job now (this one looked dead to the store): it finishes
             # the job; this copy writes nothing more.
             logger.warning("job %s: lease lost to another runner; this copy stops", job.id)
+        except JobStoreUnavailable:
+            # The store stayed away longer than the lease: nothing more can be written, and the
+            # job's lease runs out, so it is claimed again once the store is back (never lost).
+            logger.warning("job %s: the job store stayed unreachable; the job will be claimed again", job.id)
         except asyncio.CancelledError:
-            current = await asyncio.to_thread(self.store.get, job.id)
-            if self._stopping:
-                # Shutting down: leave the job in progress; its lease expires and another
-                # runner (or this app after a restart) resumes it.
-                pass
-            elif current is None or current.cancel_requested:
+            # Shutting down leaves the job in progress: its lease expires and another runner
+            # (or this app after a restart) resumes it. Otherwise it was cancelled or deleted.
+            if not self._stopping:
                 try:
-                    await self._finish_cancelled(job.id)
-                except LeaseLost:
+                    current = await self._store_call(self.store.get, job.id)
+                    if current is None or current.cancel_requested:
+                        await self._finish_cancelled(job.id)
+                except (LeaseLost, JobStoreUnavailable):
                     pass
         except Exception as error:  # a stage failed: retry or give up, never drop the job
             try:
                 await self._handle_failure(job, error)
-            except LeaseLost:
-                pass
+            except (LeaseLost, JobStoreUnavailable):
+                pass  # another runner has it, or the lease runs out and it is claimed again
         finally:
             self._running.pop(job.id, None)
             self._metadata.pop(job.id, None)
@@ -343,12 +359,32 @@ class JobRunner:
         # into it saves a read of the record on every denoising step.
         if "metadata" in changes:
             changes["metadata"] = {**self._metadata.get(job_id, {}), **changes["metadata"]}
-        record = await asyncio.to_thread(self.store.update, job_id, fence=self.owner, **changes)
+        record = await self._store_call(self.store.update, job_id, fence=self.owner, **changes)
         if record is not None:
             if job_id in self._metadata:
                 self._metadata[job_id] = record.metadata
             self.updates.publish(record)
         return record
+
+    async def _store_call(self, method, *args, **kwargs):
+        """``method`` of the store, off the event loop, through a short store outage.
+
+        Retried while the job's lease could still be ours (its heartbeat cannot renew it
+        either); past that JobStoreUnavailable, and the job is claimed again later. A write
+        retried after it landed is harmless: updates are fenced, and re-applying the same
+        changes writes the same record.
+        """
+        deadline = time.monotonic() + self.config.jobs.lease_seconds
+        delay = STORE_RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return await asyncio.to_thread(method, *args, **kwargs)
+            except JobStoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("the job store is unreachable; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
     def _ending(self, record_has_webhook: bool, event_type: str, now: float) -> dict:
         """The fields every end of a job writes with its status, in the same write: the lease
@@ -402,7 +438,7 @@ class JobRunner:
         # sentence that names the stage.
         logger.warning("job %s attempt %d failed: %s", job.id, job.attempts, error,
                        exc_info=(type(error), error, error.__traceback__))
-        current = await asyncio.to_thread(self.store.get, job.id)
+        current = await self._store_call(self.store.get, job.id)
         if current is None or current.status in TERMINAL_STATUSES:
             return
         code, message = ((error.code, error.client_message) if isinstance(error, StageFailed)
@@ -415,7 +451,7 @@ class JobRunner:
         await self._fail(job.id, code, f"{message} (attempt {current.attempts} of {self.config.jobs.max_attempts})")
 
     async def _fail(self, job_id: str, code: str, message: str) -> None:
-        current = await asyncio.to_thread(self.store.get, job_id)
+        current = await self._store_call(self.store.get, job_id)
         if current is None:
             return
         record = await self._update(job_id, status=JobStatus.FAILED, error_code=code, error_message=message,

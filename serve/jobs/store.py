@@ -163,6 +163,11 @@ class QueueFull(Exception):
         self.limit = limit
 
 
+class JobStoreUnavailable(ConnectionError):
+    """The store could not be reached (a Redis restart, a network cut): nothing is known to be
+    written. Callers retry later; the API answers 503 with Retry-After, never a 500."""
+
+
 class LeaseLost(Exception):
     """A fenced write by a worker that no longer holds the job's lease: refused, nothing written."""
 

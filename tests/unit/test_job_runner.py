@@ -359,3 +359,72 @@ def test_a_runner_that_lost_its_lease_writes_nothing_more(tmp_path, tiny_spec):
     assert job.status is JobStatus.IN_PROGRESS and job.lease_owner == "runner-that-took-over"
     assert job.stage is None or job.stage == "text_encoder"  # nothing the old runner did after it lost the lease
     assert metrics.jobs_finished.labels("completed")._value.get() == 0
+
+
+class _StoreWithAnOutage:
+    """The real store, unreachable for its first ``failing_updates`` updates: an outage on
+    demand (a real Redis restart cannot be timed to land on one write)."""
+
+    def __init__(self, store, failing_updates: int):
+        self._store, self.failing_updates = store, failing_updates
+
+    def update(self, *args, **kwargs):
+        from serve.jobs.store import JobStoreUnavailable
+
+        if self.failing_updates > 0:
+            self.failing_updates -= 1
+            raise JobStoreUnavailable("the job store (redis) is unreachable: ConnectionError")
+        return self._store.update(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_short_store_outage_costs_the_job_no_attempt(tmp_path, tiny_spec):
+    # One attempt only: had the outage at the first progress write counted as a failure, the
+    # job would end failed before its text encoder ever ran.
+    config, real_store, metrics, artifacts = _service(tmp_path, tiny_spec, max_attempts=1)
+    store = _StoreWithAnOutage(real_store, failing_updates=3)
+    _queued_job(tiny_spec, real_store)
+    handles = StageHandles(text_encoder=_StageHandleStandIn(), denoiser=None, vae_decoder=None, post_processor=None)
+    runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics)
+    _CrashingStage.calls = 0
+
+    async def run_until_final():
+        runner.start()
+        try:
+            while real_store.get("video_poisoned").status is not JobStatus.FAILED:
+                await asyncio.sleep(0.02)
+        finally:
+            await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    job = real_store.get("video_poisoned")
+    assert store.failing_updates == 0  # the outage happened, and the writes went through after it
+    assert _CrashingStage.calls == 1 and job.attempts == 1
+    assert job.error_message == "the text_encoder stage failed (attempt 1 of 1)"
+
+
+def test_an_unreachable_store_answers_503_with_retry_after(tmp_path, tiny_spec):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from serve.jobs.redis_store import RedisJobStore
+    from tests.support.redis_server import running_redis_server
+
+    config, _, metrics, artifacts = _service(tmp_path, tiny_spec)
+    with running_redis_server(tmp_path / "redis") as server:
+        store = RedisJobStore(redis.Redis.from_url(server.url, decode_responses=True, retry=Retry(NoBackoff(), 0)))
+        api = create_api()
+        api.state.service = VideoService(config, {tiny_spec.name: tiny_spec}, store, artifacts, metrics, runner=None,
+                                         expander_enabled=False)
+        with TestClient(api) as client:
+            assert client.post("/v1/videos", json={"prompt": "before"}).status_code == 200
+    with TestClient(api) as client:  # the server is gone now
+        for response in (client.post("/v1/videos", json={"prompt": "during"}), client.get("/v1/videos"),
+                         client.get("/healthz")):
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "2"
+            assert response.json()["error"]["code"] == "store_unavailable"
+            assert "redis" not in response.text.lower()  # the detail goes to the log

@@ -620,3 +620,53 @@ def test_a_version_1_sqlite_file_is_migrated_in_place(tmp_path: Path):
         assert store.get("video_v1").owner == "shared"
         assert ids(store.list(owner="shared")[0]) == ["video_v1"]
         assert store.count_queued("shared") == 1
+
+
+# --- outages ----------------------------------------------------------------------------
+
+
+def _redis_store_without_client_retries(url: str):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from serve.jobs.redis_store import RedisJobStore, split_prefix
+
+    client_url, prefix = split_prefix(url)
+    # redis-py retries an outage for seconds by default; none here, so the test sees the outage at once.
+    return RedisJobStore(redis.Redis.from_url(client_url, decode_responses=True, retry=Retry(NoBackoff(), 0)), prefix)
+
+
+def test_a_redis_that_goes_away_is_job_store_unavailable_for_every_operation(tmp_path):
+    from serve.jobs.store import JobStoreUnavailable
+
+    with running_redis_server(tmp_path / "redis") as server:
+        store = _redis_store_without_client_retries(server.url)
+        store.create(make_job("video_before"))
+    # The server is stopped: every call says so in the store's own terms, not redis-py's.
+    calls = {
+        "get": lambda: store.get("video_before"),
+        "create": lambda: store.create(make_job("video_after")),
+        "update": lambda: store.update("video_before", progress=3),
+        "claim": lambda: store.claim("runner-a", 30),
+        "list": lambda: store.list(),
+        "count_by_status": store.count_by_status,
+        "renew": lambda: store.renew("video_before", "runner-a", 30),
+    }
+    for name, call in calls.items():
+        with pytest.raises(JobStoreUnavailable):
+            call()
+    store.close()
+
+
+def test_a_create_whose_reply_was_lost_is_not_a_duplicate_when_the_client_retries(redis_server):  # noqa: F811
+    # redis-py re-sends a command whose connection dropped after the server ran it: the
+    # second run of the create finds the first's record, which is the same one.
+    store = _redis_store_without_client_retries(f"{redis_server.url}?prefix=test-{uuid.uuid4().hex}")
+    job = make_job("video_once")
+    assert store._write_if_unchanged("", job)  # the first run, whose reply the client never saw
+    store.create(job)
+    assert store.get("video_once") == job
+    with pytest.raises(JobExistsError):
+        store.create(make_job("video_once", created_at=T0 + 1))  # another job with that id still is one
+    store.close()
