@@ -284,7 +284,8 @@ class JobRunner:
                 latents = await self._follow_denoising(stream, job_id)
             self.metrics.stage_latency.labels("denoiser").observe(time.perf_counter() - started)
             return latents
-        except (asyncio.CancelledError, JobCancelled, LeaseLost):
+        except (asyncio.CancelledError, JobCancelled, LeaseLost, JobStoreUnavailable):
+            # Not the denoiser's failure: the job was stopped, or its progress could not be written.
             stream.cancel()
             raise
         except Exception as error:

@@ -40,16 +40,20 @@ class RedisServer:
     """One redis-server process keeping its files (AOF, log) in ``data_dir``.
 
     Stopping it shuts Redis down cleanly, so starting it again on the same ``data_dir``
-    reloads everything written before (a new port is picked each start).
+    reloads everything written before (a new port is picked each start, unless
+    ``keep_port``: then every restart binds the first start's port, as a restarted server
+    behind a fixed address does). ``kill`` is a crash: SIGKILL, no flush.
     """
 
     def __init__(self, data_dir: Path, *, appendonly: bool = True, appendfsync: str = "everysec",
-                 password: str | None = None):
+                 password: str | None = None, keep_port: bool = False):
         self.data_dir = Path(data_dir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.password = password  # set: the server runs with --requirepass and refuses clients without it
+        self.keep_port = keep_port
         self.port: int | None = None
+        self._fixed_port: int | None = None
         self._process: subprocess.Popen | None = None
 
     @property
@@ -67,13 +71,17 @@ class RedisServer:
             raise RuntimeError(f"redis-server already running on port {self.port}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Another process may take the probed port before Redis binds it; try a few.
-        for _ in range(5):
-            port = free_port()
+        for _ in range(5 if self._fixed_port is None else 50):
+            port = self._fixed_port or free_port()
             process = subprocess.Popen(self._command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_until_ready(process, port, self.password):
                 self.port, self._process = port, process
+                if self.keep_port:
+                    self._fixed_port = port
                 return
             self._terminate(process)
+            if self._fixed_port is not None:
+                time.sleep(0.1)  # the old server's socket may linger a moment
         raise RuntimeError(f"redis-server did not start; its log {self.log_path}:\n{self._log_tail()}")
 
     def _command(self, port: int) -> list[str]:
@@ -124,6 +132,13 @@ class RedisServer:
     def stop(self) -> None:
         if self._process is not None:
             self._terminate(self._process)
+        self._process, self.port = None, None
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL, so only what the AOF had fsynced survives."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
         self._process, self.port = None, None
 
     def __enter__(self) -> RedisServer:
