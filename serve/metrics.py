@@ -44,6 +44,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "videoserve_jobs_finished_total": ("counter", "Jobs that ended, by final status."),
     "videoserve_job_retries_total": ("counter", "Job runs that failed and were queued again."),
     "videoserve_job_duration_seconds": ("histogram", "Time from job creation to completion."),
+    "videoserve_video_flicker": ("histogram", "Flicker of each finished video: mean absolute frame-to-frame "
+                                 "error after optical-flow motion compensation, in 0-255 levels, by model."),
     "videoserve_webhook_deliveries_total": ("counter", "Webhook delivery attempts by event type and outcome."),
     "videoserve_cache_hits_total": ("counter", "Conditioning-cache hits, by cache (text_embeddings, first_frames)."),
     "videoserve_cache_misses_total": ("counter", "Conditioning-cache misses, by cache."),
@@ -54,6 +56,9 @@ METRICS: dict[str, tuple[str, str]] = {
 CACHES = ("text_embeddings", "first_frames")
 COLLECTIVE_KINDS = ("all_reduce", "all_to_all", "all_gather")  # what engine/parallel logs
 
+# Flicker in 0-255 levels: a clean toy-world render scores well under 1, per-frame noise of
+# a few levels scores its size, and a strobing video tens.
+_FLICKER_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -86,6 +91,8 @@ class VideoServeMetrics:
         self.job_retries = Counter("videoserve_job_retries", _help("videoserve_job_retries_total"), registry=r)
         self.job_duration = Histogram("videoserve_job_duration_seconds", _help("videoserve_job_duration_seconds"),
                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.video_flicker = Histogram("videoserve_video_flicker", _help("videoserve_video_flicker"), ["model"],
+                                       buckets=_FLICKER_BUCKETS, registry=r)
         self.webhook_deliveries = Counter("videoserve_webhook_deliveries", _help("videoserve_webhook_deliveries_total"),
                                           ["event", "outcome"], registry=r)
         r.register(_JobStoreCollector(job_counts))

@@ -25,6 +25,7 @@ from engine.models.model_source import ModelNotFoundError
 from engine.families.ltx.traits import LTX_DEFAULT_NEGATIVE_PROMPT
 from engine.families.wan.traits import WAN_DEFAULT_NEGATIVE_PROMPT
 from engine.models.model_spec import GenerationDefaults, GenerationLimits, ModelSpec, Task
+from engine.models.shipped_presets import SHIPPED_PRESETS
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,16 @@ HUB_PRESETS: dict[str, HubPreset] = {
 
 
 def preset_names() -> list[str]:
-    return [*BUILTIN_PRESETS, *HUB_PRESETS]
+    return [*SHIPPED_PRESETS, *BUILTIN_PRESETS, *HUB_PRESETS]
 
 
 def model_tasks(name_or_path: str) -> frozenset[Task]:
     """The tasks a model runs, without building or downloading weights (configs only)."""
     if name_or_path in BUILTIN_PRESETS:
         return BUILTIN_PRESETS[name_or_path].tasks
-    if name_or_path in HUB_PRESETS:
+    if name_or_path in SHIPPED_PRESETS:
+        name_or_path = str(SHIPPED_PRESETS[name_or_path])
+    elif name_or_path in HUB_PRESETS:
         return HUB_PRESETS[name_or_path].tasks
     model_index = _read_model_index(Path(name_or_path).expanduser())
     return _family(model_index, name_or_path).tasks_of(model_index)
@@ -95,15 +98,17 @@ def resolve_model(name_or_path: str, cache_dir: Path) -> ModelSpec:
         return _spec(name_or_path, str(directory), _read_model_index(directory), BUILTIN_PRESETS[name_or_path].defaults)
     if name_or_path in HUB_PRESETS:
         return _spec_from_hub_preset(name_or_path, HUB_PRESETS[name_or_path])
-    path = Path(name_or_path).expanduser()
+    # A shipped model is a directory in the package, with its name and defaults in videoserve.json.
+    path = SHIPPED_PRESETS.get(name_or_path) or Path(name_or_path).expanduser()
     if path.is_dir():
         directory = path.resolve()
         metadata = directory / PRESET_METADATA_FILE
-        name, defaults = path.name, None
+        name, defaults, grammar = path.name, None, None
         if metadata.is_file():  # a copy of a built-in preset keeps its name and defaults
             recorded = json.loads(metadata.read_text())
             name, defaults = recorded["name"], GenerationDefaults(**recorded["defaults"])
-        return _spec(name, str(directory), _read_model_index(directory), defaults)
+            grammar = recorded.get("prompt_grammar")
+        return replace(_spec(name, str(directory), _read_model_index(directory), defaults), prompt_grammar=grammar)
     raise ModelNotFoundError(
         f"model {name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a diffusers-format directory"
     )

@@ -103,6 +103,9 @@ class ModelSpec:
     # (stage, model_index components whose weights it loads): stages of several models that
     # load byte-identical weights are deployed once (serve/model_stages.py).
     stage_components: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # A model trained on a closed prompt language names it (engine/prompt_grammars.py), so a
+    # prompt outside it gets a note, never an error.
+    prompt_grammar: str | None = None
 
     def components_of(self, stage: str) -> tuple[str, ...]:
         return dict(self.stage_components)[stage]

@@ -11,8 +11,8 @@ WORDS = (
 ).split()
 
 
-def build_tokenizer(vocab_size: int):
-    """T5's tokenizer class over a small vocabulary: whole words score above single characters.
+def build_tokenizer(vocab_size: int, words: tuple[str, ...] | list[str] = WORDS):
+    """T5's tokenizer class over a small vocabulary: whole ``words`` score above single characters.
 
     Ids 0, 1, 2 are <pad>, </s>, <unk>, matching the pad/eos ids UMT5 and T5 configs use.
     """
@@ -22,7 +22,7 @@ def build_tokenizer(vocab_size: int):
     characters = ["▁", *string.ascii_lowercase, *string.ascii_uppercase, *string.digits, *".,!?'-:;()"]
     pieces: list[tuple[str, float]] = [(token, 0.0) for token in specials]
     pieces += [(char, -5.0) for char in characters]
-    pieces += [("▁" + word, -1.0) for word in WORDS]
+    pieces += [("▁" + word, -1.0) for word in words]
     pieces = pieces[:vocab_size]
     filler = 0
     while len(pieces) < vocab_size:

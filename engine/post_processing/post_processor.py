@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.frame_array import checked_frames
+from engine.quality.flicker import flicker_score
 from engine.post_processing.frame_interpolation import (
     MAX_INTERPOLATE_FPS,
     check_interpolate_fps,
@@ -59,6 +60,9 @@ class PostProcessResult:
     height: int
     fps: int
     spritesheet_path: str | None = None  # None: not written (a stand-in's result)
+    # The decoded clip's flicker (engine/quality/flicker.py), before interpolation and upscaling:
+    # the model's temporal consistency, not the post-processing's. None: not measured.
+    flicker: float | None = None
 
 
 def delivered_shape(num_frames: int, width: int, height: int, fps: int, *, interpolate_fps: int | None = None,
@@ -102,6 +106,7 @@ class PostProcessor:
                 f"is {width * factor}x{height * factor}"
             )
 
+        flicker = flicker_score(array)
         # Interpolate before upscaling: motion estimation on the decoded size costs factor^2
         # less than on the upscaled one, and Lanczos/Swin2SR need no temporal context.
         fps = frames.fps
@@ -130,4 +135,5 @@ class PostProcessor:
             height=height,
             fps=fps,
             spritesheet_path=str(spritesheet_path),
+            flicker=round(flicker, 4),
         )

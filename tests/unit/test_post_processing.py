@@ -382,3 +382,21 @@ def test_post_processor_refuses_a_non_increasing_fps_before_writing_anything(tmp
             Frames("req-7", _smooth_frames(2, 15, 16), 16), PostProcessOptions(upscale=3), tmp_path / "out"
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_every_processed_video_carries_the_flicker_of_the_decoded_clip(tmp_path):
+    from engine.post_processing import PostProcessor
+    from engine.post_processing.post_processor import PostProcessOptions
+    from engine.quality.flicker import flicker_score
+
+    rng = np.random.default_rng(5)
+    steady = np.full((9, 32, 32, 3), 100, dtype=np.uint8)
+    strobing = rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    results = {}
+    for name, array in {"steady": steady, "strobing": strobing}.items():
+        result = PostProcessor().process(Frames(request_id=name, frames=array, fps=8),
+                                         PostProcessOptions(upscale=2, write_frames=False), tmp_path / name)
+        results[name] = result.flicker
+        # Measured on what the model decoded, not on the upscaled delivery.
+        assert result.flicker == round(flicker_score(array), 4)
+    assert results["steady"] == 0.0 and results["strobing"] > 10
