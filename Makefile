@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-MODEL ?= tiny
-PROMPT ?= a red car drives through a city street at night, camera tracking, slow motion
+MODEL ?= toy
+PROMPT ?= a red circle moves to the right on a black background
 OUTPUT ?= outputs/sample.mp4
 PYTEST_ARGS ?=
 

@@ -1,17 +1,19 @@
 """Fault injection against a served app: what happens to every accepted job when things die.
 
-    python -m benchmarks.fault_injection [--jobs 6] [--fault denoiser --fault redis ...] [--out FILE]
+    python -m benchmarks.fault_injection [--jobs 6] [--layout colocated] [--fault denoiser --fault redis ...]
+                                         [--out FILE]
 
 The app is the product as an operator runs it: ``videoserve up --config FILE`` on a Ray
 cluster of its own (``ray start --head``, both in their own process groups), the job store
 in a real ``redis-server`` (``appendfsync always``), webhooks to a Standard Webhooks receiver
 on 127.0.0.1. It serves ``tiny`` (text-to-video) and ``tiny-i2v`` (image-to-video), so every
-stage is there, each with one replica. For each fault, jobs are submitted (half of them
+stage is there, each with one replica (``--layout colocated``: one Pipeline replica per
+model, which runs all of that model's stages). For each fault, jobs are submitted (half of them
 image-to-video, each with a webhook) and more keep arriving while the fault happens; once a
 job is seen in the faulted stage, the fault is injected:
 
-- a stage's replica (TextEncoder, ImageConditioner, Denoiser, VaeDecoder, PostProcessor):
-  ``ray.kill`` of the replica the job is on;
+- a stage's replica (TextEncoder, ImageConditioner, Denoiser, VaeDecoder, PostProcessor, or
+  the colocated Pipeline): ``ray.kill`` of the replica the job is on;
 - the ingress (VideoAPI, which runs the job runner): ``ray.kill`` of its replica;
 - the whole app: SIGKILL of every process of the Ray cluster and of ``videoserve up``, then
   both started again as an operator (or Kubernetes) would;
@@ -63,15 +65,23 @@ STAGE_FAULTS = {  # fault name -> (deployment kind, the runner's name of the sta
     "denoiser": ("Denoiser", "denoiser"),
     "vae_decoder": ("VaeDecoder", "vae_decoder"),
     "post_processor": ("PostProcessor", "post_processor"),
+    "pipeline": ("Pipeline", "denoiser"),
     "ingress": ("VideoAPI", "denoiser"),
 }
 FAULTS = (*STAGE_FAULTS, "whole_app", "redis")
+# The faults each layout has: a colocated app has one Pipeline replica per model in place of
+# the five stage deployments.
+LAYOUT_FAULTS = {
+    "disaggregated": tuple(f for f in FAULTS if f != "pipeline"),
+    "colocated": ("pipeline", "ingress", "whole_app", "redis"),
+}
 FAULT_LABELS = {
     "text_encoder": "kill the TextEncoder replica (ray.kill)",
     "image_conditioner": "kill the ImageConditioner replica (ray.kill)",
     "denoiser": "kill the Denoiser replica (ray.kill)",
     "vae_decoder": "kill the VaeDecoder replica (ray.kill)",
     "post_processor": "kill the PostProcessor replica (ray.kill)",
+    "pipeline": "kill the colocated Pipeline replica (ray.kill)",
     "ingress": "kill the ingress (VideoAPI) replica (ray.kill)",
     "whole_app": "SIGKILL the whole app (Ray cluster + videoserve up), restart",
     "redis": "SIGKILL redis-server under load, restart",
@@ -104,23 +114,24 @@ class FaultOutcome:
 class ServedApp:
     """``ray start --head`` and ``videoserve up --config`` as two process groups on loopback."""
 
-    def __init__(self, root: Path, redis_url: str, jobs: int):
+    def __init__(self, root: Path, redis_url: str, jobs: int, layout: str):
         self.root = root
         self.ray_port = free_port()
         self.http_port = free_port()
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
         self.config_path = root / "videoserve.yaml"
-        self.config_path.write_text(yaml.safe_dump(self._serve_config(redis_url, jobs)))
+        self.config_path.write_text(yaml.safe_dump(self._serve_config(redis_url, jobs, layout)))
         self._ray: subprocess.Popen | None = None
         self._up: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.http_port}"
 
-    def _serve_config(self, redis_url: str, jobs: int) -> dict[str, Any]:
+    def _serve_config(self, redis_url: str, jobs: int, layout: str) -> dict[str, Any]:
         from serve.app_config import AppConfig
         from serve.cluster_launcher import default_serve_config
 
         config = AppConfig.model_validate({
             "models": list(MODELS),
+            "layout": layout,
             "device": "cpu",
             "storage": {"state_dir": str(self.root / "state"), "job_store_url": redis_url},
             "jobs": {"lease_seconds": LEASE_SECONDS, "poll_interval_seconds": 0.05, "max_queued": 1000,
@@ -431,27 +442,32 @@ def main(
     fault: Annotated[list[str] | None, typer.Option(help=f"Faults to inject (default all): {', '.join(FAULTS)}.")] = None,
     deadline_s: Annotated[float, typer.Option(help="How long after a fault every accepted job has to end.")] = 300,
     out: Annotated[Path | None, typer.Option(help="Write the outcomes as JSON here.")] = None,
+    layout: Annotated[str, typer.Option(help="The app's layout: disaggregated (a replica per stage) or colocated "
+                                             "(one Pipeline replica per model).")] = "disaggregated",
 ) -> None:
-    chosen = list(fault or FAULTS)
-    unknown = sorted(set(chosen) - set(FAULTS))
+    if layout not in LAYOUT_FAULTS:
+        raise typer.BadParameter(f"choose from {', '.join(LAYOUT_FAULTS)}", param_hint="--layout")
+    chosen = list(fault or LAYOUT_FAULTS[layout])
+    unknown = sorted(set(chosen) - set(LAYOUT_FAULTS[layout]))
     if unknown:
-        raise typer.BadParameter(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}", param_hint="--fault")
-    outcomes = run_faults(chosen, jobs=jobs, deadline_s=deadline_s)
+        raise typer.BadParameter(f"unknown faults {unknown} for the {layout} layout; choose from "
+                                 f"{', '.join(LAYOUT_FAULTS[layout])}", param_hint="--fault")
+    outcomes = run_faults(chosen, jobs=jobs, deadline_s=deadline_s, layout=layout)
     print(markdown_table(outcomes))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": describe_machine(), "jobs": jobs, "job": JOB,
+        out.write_text(json.dumps({"machine": describe_machine(), "layout": layout, "jobs": jobs, "job": JOB,
                                    "outcomes": [asdict(o) for o in outcomes]}, indent=2))
 
 
-def run_faults(faults: list[str], *, jobs: int, deadline_s: float) -> list[FaultOutcome]:
+def run_faults(faults: list[str], *, jobs: int, deadline_s: float, layout: str) -> list[FaultOutcome]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="videoserve-faults-") as root_name:
         root = Path(root_name)
         redis_server = RedisServer(root / "redis", appendfsync="always", keep_port=True)
         redis_server.start()
         receiver = WebhookReceiver(WEBHOOK_SECRET)
-        app = ServedApp(root, redis_server.url, jobs)
+        app = ServedApp(root, redis_server.url, jobs, layout)
         try:
             app.start()
             outcomes = []

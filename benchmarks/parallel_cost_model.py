@@ -3,8 +3,13 @@
 FLOPs come from diffusers' own WanTransformer3DModel with the 14B config, built on the
 meta device and run under torch's FlopCounterMode (no weights, no memory). Bytes per step
 come from the same formulas the CPU tests check against the ranks' communication logs
-(engine/parallel/tensor_parallel.py, engine/parallel/sequence_parallel.py). Times divide
-those by H100 SXM datasheet figures, stated below; real kernels reach less than peak.
+(engine/parallel/tensor_parallel.py, engine/parallel/sequence_parallel.py,
+engine/parallel/cfg_parallel.py). Times divide those by H100 SXM datasheet figures,
+stated below; real kernels reach less than peak.
+
+Three gangs of the same size: tensor N, sequence N, and cfg 2 x sequence N/2 (each cfg
+index runs one of the two rows, its tokens split over N/2 ranks, and the two halves
+gather their output rows).
 
     python -m benchmarks.parallel_cost_model [--degree 4] [--json out.json]
 """
@@ -75,25 +80,35 @@ def tokens() -> int:
 def mode_costs(degree: int) -> tuple[int, list[ParallelModeCost]]:
     from types import SimpleNamespace
 
+    from engine.parallel.cfg_parallel import cfg_parallel_step_bytes
     from engine.parallel.sequence_parallel import sequence_parallel_step_bytes
     from engine.parallel.tensor_parallel import tensor_parallel_step_bytes
 
     rows = 2  # one request with classifier-free guidance: cond and uncond rows in one forward
     flops = forward_flops(rows)
     config = SimpleNamespace(**WAN_14B, added_kv_proj_dim=None, image_dim=None)
-    payload = {
-        "tensor": tensor_parallel_step_bytes(config, rows, tokens(), TEXT_TOKENS, 0, BF16_BYTES, degree),
-        "sequence": sequence_parallel_step_bytes(config, rows, tokens(), BF16_BYTES, degree),
-    }
     # What crosses a rank's links: a ring all-reduce sends 2(N-1)/N of its payload, an
-    # all-to-all or all-gather the (N-1)/N that belongs to other ranks.
-    wire_fraction = {"tensor": 2 * (degree - 1) / degree, "sequence": (degree - 1) / degree}
+    # all-to-all the (N-1)/N that belongs to other ranks.
+    tensor = tensor_parallel_step_bytes(config, rows, tokens(), TEXT_TOKENS, 0, BF16_BYTES, degree)
+    sequence = sequence_parallel_step_bytes(config, rows, tokens(), BF16_BYTES, degree)
+    gangs = [
+        ("tensor", tensor, tensor * 2 * (degree - 1) / degree, flops / degree),
+        ("sequence", sequence, sequence * (degree - 1) / degree, flops / degree),
+    ]
+    if degree >= 4 and degree % 2 == 0:
+        # cfg 2 x sequence N/2: each cfg index runs one row over N/2 ranks; a rank's FLOPs are
+        # one row's over N/2 (a forward's FLOPs are linear in rows). Its own Ulysses all-to-alls
+        # move 1/2 of their payload over 2 ranks; the 2-rank cfg all-gather sends this rank's
+        # output row to its one peer, all of it.
+        inner = degree // 2
+        inner_bytes = sequence_parallel_step_bytes(config, rows // 2, tokens(), BF16_BYTES, inner)
+        gather_bytes = cfg_parallel_step_bytes(config, rows // 2, rows // 2, tokens(), BF16_BYTES)
+        gangs.append((f"cfg 2 x sequence {inner}", inner_bytes + gather_bytes,
+                      inner_bytes * (inner - 1) / inner + gather_bytes, flops / rows / inner))
     costs = []
-    for mode in ("tensor", "sequence"):
-        wire = payload[mode] * wire_fraction[mode]
-        per_rank = flops / degree
+    for mode, payload, wire, per_rank in gangs:
         costs.append(ParallelModeCost(
-            mode=mode, degree=degree, flops_per_rank=per_rank, payload_bytes_per_rank=payload[mode],
+            mode=mode, degree=degree, flops_per_rank=per_rank, payload_bytes_per_rank=payload,
             wire_bytes_per_rank=wire, nvlink_seconds=wire / NVLINK_GBPS_PER_DIRECTION,
             compute_seconds_at_peak=per_rank / H100_BF16_PEAK_FLOPS,
             compute_seconds_at_assumed_mfu=per_rank / (H100_BF16_PEAK_FLOPS * ASSUMED_MFU),
@@ -103,8 +118,8 @@ def mode_costs(degree: int) -> tuple[int, list[ParallelModeCost]]:
 
 def markdown(flops: int, costs: list[ParallelModeCost]) -> str:
     lines = [
-        f"Wan2.1-14B, {WIDTH}x{HEIGHT}, {FRAMES} frames ({tokens()} tokens), CFG (2 rows), bf16, "
-        f"one denoising step: {flops / 1e15:.2f} PFLOP in all.",
+        f"A cost MODEL, not a measurement: Wan2.1-14B, {WIDTH}x{HEIGHT}, {FRAMES} frames ({tokens()} tokens), "
+        f"CFG (2 rows), bf16, one denoising step: {flops / 1e15:.2f} PFLOP in all; H100 SXM datasheet figures.",
         "",
         "| mode | ranks | PFLOP per rank | collective payload per rank | on the wire per rank "
         "| NVLink time | compute at peak | compute at MFU 0.5 | NVLink / compute |",

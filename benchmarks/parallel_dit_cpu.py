@@ -6,7 +6,10 @@
 Each degree and mode starts N real processes joined in a gloo group (the CPU path of the
 NCCL code), splits the DiT as the Denoiser does, and times the forward of one
 classifier-free-guidance step (2 rows) at the model's default size; the median over
-``--repeats`` is reported with the payload the communication log counted. The ranks
+``--repeats`` is reported with the payload the communication log counted. Modes: tensor
+and sequence at every degree, cfg at 2 (the conditional row on one rank, the
+unconditional on the other, outputs gathered) and cfg 2 x sequence N/2 at every even
+degree from 4 (``--modes`` picks). The ranks
 share this machine's cores, so on a 2-core box this measures the cost of the split, not
 a speed-up; the 4xH100 picture is benchmarks/parallel_cost_model.py.
 """
@@ -38,6 +41,7 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     from engine.models.model_registry import resolve_model
     from engine.parallel.communication_log import CommunicationLog
     from engine.parallel.parallel_dit import needs_deepspeed, parallelize_transformer
+    from engine.parallel.parallel_layout import ParallelLayout
     from engine.parallel.process_group import RankGroupAddress, join_rank_group
     from engine.stages.loading import load_denoiser
 
@@ -46,10 +50,12 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     spec = resolve_model(model, Path(cache_dir))
     denoiser = load_denoiser(spec)
     log = CommunicationLog()
+    row_split = None
     if world_size > 1:
+        layout = ParallelLayout.from_mode(mode, world_size)
         join_rank_group(RankGroupAddress("127.0.0.1", port, world_size), rank, "cpu",
-                        with_deepspeed=needs_deepspeed(mode))
-        parallelize_transformer(denoiser.transformer, mode, log)
+                        with_deepspeed=needs_deepspeed(layout))
+        row_split = parallelize_transformer(denoiser.transformer, layout, log)
     defaults = spec.defaults
     shape = spec.geometry.latent_shape(defaults.num_frames, defaults.height, defaults.width)
     generator = torch.Generator().manual_seed(0)
@@ -62,15 +68,23 @@ def rank_main(rank: int, world_size: int, port: int, mode: str, model: str, cach
     }
     if config.image_dim is not None:
         inputs["encoder_hidden_states_image"] = torch.randn((ROWS, 257, config.image_dim), generator=generator)
+
+    def forward() -> None:
+        if row_split is None:
+            denoiser.transformer(**inputs, return_dict=False)
+        else:  # cfg: this rank's row (conditional, or unconditional), then both gathered
+            row_split.forward(lambda part, caching: denoiser.transformer(**part, return_dict=False)[0], inputs, None,
+                              [True, False])
+
     seconds = []
     with torch.no_grad():
-        denoiser.transformer(**inputs, return_dict=False)  # warm-up
+        forward()  # warm-up
         log.take()
         for _ in range(repeats):
             if world_size > 1:
                 dist.barrier()
             started = time.perf_counter()
-            denoiser.transformer(**inputs, return_dict=False)
+            forward()
             seconds.append(time.perf_counter() - started)
     volume = log.take()
     if rank == 0:
@@ -104,7 +118,21 @@ def run_gang(world_size: int, mode: str, model: str, cache_dir: str, repeats: in
         return json.loads(output.read_text())
 
 
+def _size(amount: int) -> str:
+    # The tiny presets move kilobytes, the bench preset megabytes.
+    return f"{amount / 1e6:.2f} MB" if amount >= 100_000 else f"{amount / 1e3:.1f} kB"
+
+
 app = typer.Typer(add_completion=False)
+
+
+MODES = ("tensor", "sequence", "cfg", "cfg+sequence")
+
+
+def modes_at(degree: int, modes: tuple[str, ...]) -> list[str]:
+    """The requested modes a gang of ``degree`` ranks can run (cfg alone is 2 ranks; cfg+sequence an even 4+)."""
+    runnable = {"tensor": True, "sequence": True, "cfg": degree == 2, "cfg+sequence": degree >= 4 and degree % 2 == 0}
+    return [mode for mode in modes if runnable[mode]]
 
 
 @app.command()
@@ -112,22 +140,27 @@ def main(
     model: str = "bench",
     degrees: str = "1,2,4",
     repeats: int = 5,
+    modes: Annotated[str, typer.Option(help=f"Comma-separated, of {', '.join(MODES)}.")] = ",".join(MODES),
     cache_dir: Path = Path("~/.cache/videoserve").expanduser(),
     output: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
 ) -> None:
     from engine.models.model_registry import resolve_model
 
+    chosen = tuple(mode.strip() for mode in modes.split(","))
+    unknown = sorted(set(chosen) - set(MODES))
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: modes are {', '.join(MODES)}", param_hint="--modes")
     resolve_model(model, cache_dir)  # build the preset once, before any rank races for it
     results = [run_gang(1, "single", model, str(cache_dir), repeats)]
     for degree in (int(value) for value in degrees.split(",") if int(value) > 1):
-        for mode in ("tensor", "sequence"):
+        for mode in modes_at(degree, chosen):
             results.append(run_gang(degree, mode, model, str(cache_dir), repeats))
     single = results[0]["median_seconds"]
     print(f"{model}: one CFG forward (2 rows), median of {repeats}, {os.cpu_count()} cores")
     print("| mode | ranks | threads/rank | forward | vs 1 rank | payload per rank per forward |")
     print("|---|---|---|---|---|---|")
     for result in results:
-        payload = ", ".join(f"{kind} {amount / 1e6:.2f} MB" for kind, amount in
+        payload = ", ".join(f"{kind} {_size(amount)}" for kind, amount in
                             sorted(result["payload_bytes_per_forward"].items())) or "none"
         print(f"| {result['mode']} | {result['degree']} | {result['torch_threads']} | "
               f"{result['median_seconds'] * 1000:.0f} ms | {result['median_seconds'] / single:.2f}x | {payload} |")

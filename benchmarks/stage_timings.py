@@ -67,6 +67,7 @@ def main(
             "text_encode_s": median_seconds(lambda _: staged.text_encoder.encode(TextRequest.of(request)), repeats),
             "dit_step_batch1_no_cfg_s": first_step(with_guidance=False),
             "dit_step_batch1_cfg_s": first_step(with_guidance=True),
+            "denoise_s": median_seconds(lambda _: denoiser.denoise(task), repeats),
             "vae_decode_s": median_seconds(lambda _: staged.vae_decoder.decode(latents, fps=request.fps), repeats),
             "mp4_encode_s": median_seconds(lambda _: write_mp4(frames, mp4_path), repeats),
             "staged_request_s": median_seconds(lambda _: staged.generate(request), repeats),
@@ -88,6 +89,8 @@ def main(
 
     figures["diffusers_request_s"] = median_seconds(diffusers_call, repeats)
     figures["staged_over_diffusers"] = figures["staged_request_s"] / figures["diffusers_request_s"]
+    # How much of a request the denoising loop is: what step caching and step batching act on.
+    figures["denoise_share_of_request"] = figures["denoise_s"] / figures["staged_request_s"]
     report = {
         "model": spec.name,
         "request": {

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any, Literal
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,6 +60,12 @@ class WorkloadMix(BaseModel):
     guidance_scales: tuple[float, ...] = (5.0,)
     negative_prompt: str | None = Field(None, description="None: the server's (Wan's) default negative prompt.")
     image_pool_size: int = Field(3, description="Distinct first-frame images per size, reused across requests.")
+    prompt_language: Literal["scenes", "toy_world"] = Field(
+        "scenes", description="scenes: free-form scenes from the tiny presets' vocabulary; toy_world: prompts of the "
+                              "toy model's grammar (engine/toy_world), which it was trained on.")
+    step_cache: bool | dict[str, Any] | None = Field(
+        None, description="Sent as each request's step_cache (None: the server's default); the diffusers baseline "
+                          "never caches.")
 
     @field_validator("sizes")
     @classmethod
@@ -122,6 +130,7 @@ class WorkloadRequest:
     guidance_scale: float
     seed: int
     image: bytes | None = field(default=None, repr=False)  # PNG first frame for image-to-video
+    step_cache: bool | dict[str, Any] | None = None
 
     @property
     def is_image_to_video(self) -> bool:
@@ -147,6 +156,8 @@ class WorkloadRequest:
         }
         if self.negative_prompt is not None:
             fields["negative_prompt"] = self.negative_prompt
+        if self.step_cache is not None:
+            fields["step_cache"] = self.step_cache
         return fields
 
 
@@ -155,7 +166,7 @@ def prompt_pool(mix: WorkloadMix, seed: int) -> tuple[str, ...]:
     rng = np.random.default_rng((seed, _WORKLOAD_STREAM, 1))
     pool: list[str] = []
     for slot in range(mix.prompt_pool_size):
-        candidate = _scene(rng)
+        candidate = _prompt(mix, rng)
         pool.append(candidate if candidate not in pool else f"{candidate}, scene {slot}")
     return tuple(pool)
 
@@ -175,6 +186,9 @@ def build_workload(mix: WorkloadMix, count: int, seed: int) -> list[WorkloadRequ
         size = sizes[int(rng.choice(len(sizes), p=weights))]
         if rng.random() < mix.repeated_prompt_fraction:
             prompt = pool[int(rng.integers(len(pool)))]
+        elif mix.prompt_language == "toy_world":
+            # A closed grammar: random scenes (thousands of two-object ones) rarely repeat.
+            prompt = _prompt(mix, rng)
         else:
             # The seed is in the text so that another run's unique prompts are not cache hits.
             prompt = f"{_scene(rng)}, take {seed}-{index}"
@@ -194,6 +208,7 @@ def build_workload(mix: WorkloadMix, count: int, seed: int) -> list[WorkloadRequ
                 guidance_scale=float(mix.guidance_scales[int(rng.integers(len(mix.guidance_scales)))]),
                 seed=int(rng.integers(0, 2**31 - 1)),
                 image=image,
+                step_cache=mix.step_cache,
             )
         )
     return requests
@@ -239,6 +254,14 @@ def open_loop_plan(mix: WorkloadMix, rate_per_s: float, duration_s: float, max_r
         raise ValueError(f"max_requests must be at least 1 (got {max_requests})")
     arrivals = poisson_arrivals(rate_per_s, duration_s, seed)[:max_requests]
     return arrivals, build_workload(mix, len(arrivals), seed)
+
+
+def _prompt(mix: WorkloadMix, rng: np.random.Generator) -> str:
+    if mix.prompt_language == "toy_world":
+        from engine.toy_world.grammar import sample_scene, scene_to_prompt
+
+        return scene_to_prompt(sample_scene(rng, allow_held_out=True))
+    return _scene(rng)
 
 
 def _scene(rng: np.random.Generator) -> str:

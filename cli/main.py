@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 stderr = Console(stderr=True)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "videoserve"
+# The toy world model: trained here, shipped in the repository, prompts a person can read off the video.
+DEFAULT_MODEL = "toy"
 CacheDirOption = Annotated[
     Path,
     typer.Option(envvar="VIDEOSERVE_CACHE_DIR", help="Where built-in presets are generated and kept."),
@@ -48,7 +50,9 @@ def quiet_library_output() -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option(help="What the video shows.")],
-    model: Annotated[str, typer.Option(help="Preset name (videoserve models) or a diffusers-format directory.")] = "tiny",
+    model: Annotated[str | None, typer.Option(
+        help=f"Preset name (videoserve models) or a diffusers-format directory (default {DEFAULT_MODEL}, or the "
+             "server's default model with --server).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write: .mp4 or .npy (lossless uint8).")] = Path(
         "outputs/video.mp4"
     ),
@@ -77,13 +81,14 @@ def generate(
     if output.suffix.lower() not in (".mp4", ".npy"):
         raise typer.BadParameter(f"must end in .mp4 or .npy (got {output.name})", param_hint="--output")
     if server is not None:
-        fields = {"prompt": prompt, "model": None if model == "tiny" else model, "negative_prompt": negative_prompt,
+        fields = {"prompt": prompt, "model": model, "negative_prompt": negative_prompt,
                   "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance,
                   "guidance_scale_2": guidance_2, "size": size,
                   "num_frames": frames, "fps": fps, "flow_shift": shift}
         _generate_on_server(server, {key: value for key, value in fields.items() if value is not None}, image, output)
         return
     quiet_library_output()
+    model = model or DEFAULT_MODEL
     width, height = parse_size_option(size)
     raw = {
         "prompt": prompt,
@@ -113,6 +118,11 @@ def generate(
     except (ModelNotFoundError, RequestValidationError) as error:
         stderr.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
+    from engine.prompt_grammars import prompt_note
+
+    note = prompt_note(spec.prompt_grammar, prompt)
+    if note is not None:
+        stderr.print(f"[yellow]note:[/yellow] {note}")
 
     from serve.progress_display import step_progress
 
@@ -161,9 +171,15 @@ def up(
     exit_after_sample: Annotated[bool, typer.Option(help="Stop once the sample is saved.")] = False,
     tensor_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, DiT sharded by heads/FFN.")] = None,
     sequence_parallel: Annotated[int | None, typer.Option(min=1, help="Ranks per Denoiser replica, token sequence split (Ulysses).")] = None,
+    cfg_parallel: Annotated[int | None, typer.Option(
+        min=1, max=2, help="2: conditional and unconditional rows on separate ranks (times --sequence-parallel "
+                           "ranks each).")] = None,
     compile_models: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the DiT and the VAE decoder at replica start for the "
                                        "model's default size (denoiser.compile, vae_decoder.compile).")] = None,
+    layout: Annotated[str | None, typer.Option(
+        help="colocated (each model's stages in one replica on one device), disaggregated (one deployment per "
+             "stage) or auto (default: colocated on a CPU machine or a one-GPU node).")] = None,
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Start Ray (or join RAY_ADDRESS), deploy every stage, and serve until interrupted."""
@@ -181,8 +197,10 @@ def up(
         args["models"] = list(model)
     if state_dir is not None:
         args["storage"] = {"state_dir": str(state_dir)}
-    if tensor_parallel is not None or sequence_parallel is not None:
-        args["parallel"] = {"tensor": tensor_parallel or 1, "sequence": sequence_parallel or 1}
+    if layout is not None:
+        args["layout"] = layout
+    if tensor_parallel is not None or sequence_parallel is not None or cfg_parallel is not None:
+        args["parallel"] = {"tensor": tensor_parallel or 1, "sequence": sequence_parallel or 1, "cfg": cfg_parallel or 1}
     if compile_models is not None:
         args["denoiser"] = {"compile": compile_models}
         args["vae_decoder"] = {"compile": compile_models}
@@ -192,6 +210,7 @@ def up(
             serve_config = default_serve_config(app_config, host or "127.0.0.1", port or 8000)
         else:  # the file's own settings, except where a flag here says otherwise
             serve_config = with_overrides(load_serve_config(config), args=args, host=host, port=port)
+        _say_layout(serve_config)
     except ValueError as error:  # pydantic's ValidationError and PlacementMismatch both name the field
         stderr.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
@@ -222,6 +241,18 @@ def up(
             ray.shutdown()
 
 
+def _say_layout(serve_config: dict) -> None:
+    """Which layout each videoserve application will run, and why (``auto`` decides by this machine)."""
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import IMPORT_PATH
+    from serve.layout import resolved_layout
+
+    for application in serve_config.get("applications", []):
+        if application.get("import_path") == IMPORT_PATH:
+            chosen, why = resolved_layout(AppConfig.model_validate(application.get("args") or {}))
+            stderr.print(f"layout: {chosen} ({why})")
+
+
 config_app = typer.Typer(help="Ray Serve config files for videoserve.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(deploy_app, name="deploy")
@@ -232,6 +263,9 @@ def render_config(
     model: Annotated[list[str] | None, typer.Option(help="Preset name or directory; repeat for several.")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    layout: Annotated[str | None, typer.Option(
+        help="colocated, disaggregated, or auto (default): auto is resolved on this machine, so render for a "
+             "multi-GPU cluster with --layout disaggregated.")] = None,
     cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
 ) -> None:
     """Print the default Serve config (every deployment's options), ready to edit."""
@@ -243,7 +277,13 @@ def render_config(
     args: dict = {"models": list(model)} if model else {}
     if cache_dir != DEFAULT_CACHE_DIR:  # several models' shared stages are found from the built presets' files
         args["cache_dir"] = str(cache_dir)
-    app_config = AppConfig.model_validate(args)
+    if layout is not None:
+        args["layout"] = layout
+    try:
+        app_config = AppConfig.model_validate(args)
+    except ValueError as error:  # pydantic's ValidationError names the field
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
     # Reading several models' files imports diffusers, and with it DeepSpeed, whose logger
     # writes to stdout: keep the YAML on stdout alone (`videoserve config render > file`).
     with contextlib.redirect_stdout(sys.stderr):
@@ -260,16 +300,92 @@ CONFIG_HEADER = """\
 """
 
 
+@app.command("eval")
+def evaluate_model(
+    model: Annotated[str, typer.Option(help="Preset name or a diffusers-format directory.")] = DEFAULT_MODEL,
+    prompts: Annotated[str, typer.Option(
+        help="'held-out' (the toy grammar's held-out combinations), 'train' (toy scenes seen in training), or a "
+             "text file with one prompt a line (any model: flicker only, unless every line is in the toy grammar).")
+    ] = "held-out",
+    steps: Annotated[list[int] | None, typer.Option(help="Denoising steps; repeat to sweep (default: the model's).")]
+    = None,
+    guidance: Annotated[list[float] | None, typer.Option(help="Guidance scale; repeat to sweep.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per prompt (0, 1, ...).")] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the results as JSON here.")]
+    = None,
+    cache_dir: CacheDirOption = DEFAULT_CACHE_DIR,
+) -> None:
+    """Score a model's outputs: prompt adherence on the toy model (colour, shape and motion read off the
+    frames and compared with the prompt), flicker (frame-to-frame error after motion compensation) for any."""
+    import json
+    from dataclasses import asdict
+
+    from engine.models.model_registry import ModelNotFoundError, resolve_model
+    from engine.quality.evaluation import EvalSettings, evaluate, pipeline_generator
+    from engine.staged_pipeline import StagedPipeline
+
+    quiet_library_output()
+    try:
+        spec = resolve_model(model, cache_dir)
+    except ModelNotFoundError as error:
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    prompt_list = _eval_prompts(prompts)[:limit]
+    generate = pipeline_generator(StagedPipeline.load(spec))
+    results = []
+    for step_count in steps or [None]:
+        for scale in guidance or [None]:
+            settings = EvalSettings(num_inference_steps=step_count, guidance_scale=scale, seeds=tuple(range(seeds)))
+            with stderr.status(f"{spec.name}: {len(prompt_list) * seeds} clips, steps {step_count or 'default'}, "
+                               f"guidance {scale or 'default'}..."):
+                result = evaluate(generate, prompt_list, settings)
+            results.append(result)
+            adherence = result.adherence or {}
+            typer.echo(f"steps {step_count or spec.defaults.num_inference_steps:>3}  guidance "
+                       f"{scale if scale is not None else spec.defaults.guidance_scale:>4}  "
+                       + (f"colour+motion {adherence['colour_and_motion']:.1%}  full {adherence['full']:.1%}  "
+                          f"shape {adherence['shape']:.1%}  " if adherence else "")
+                       + f"flicker {result.flicker:.2f}  ({result.clips} clips, {result.seconds_per_clip:.2f} s each)")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"model": spec.name, "prompts": prompts,
+                                      "results": [asdict(result) for result in results]}, indent=2))
+
+
+def _eval_prompts(which: str) -> list[str]:
+    import numpy as np
+
+    from engine.toy_world.grammar import held_out_prompts, sample_scene, scene_to_prompt
+
+    if which == "held-out":
+        return held_out_prompts()
+    if which == "train":
+        rng = np.random.default_rng(0)
+        return [scene_to_prompt(sample_scene(rng, max_objects=1)) for _ in range(28)]
+    path = Path(which)
+    if not path.is_file():
+        raise typer.BadParameter(f"'held-out', 'train' or a prompt file (got {which!r})", param_hint="--prompts")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 @app.command()
 def models() -> None:
-    """List the model presets: built-in (random weights, offline) and the published checkpoints."""
-    from engine.models.builtin_presets import BUILTIN_PRESETS
+    """List the model presets: shipped (trained here), built-in (random weights, offline) and the published
+    checkpoints."""
+    import json
+
+    from engine.models.builtin_presets import BUILTIN_PRESETS, PRESET_METADATA_FILE
     from engine.families import family_for_pipeline
-    from engine.models.model_registry import HUB_PRESETS
+    from engine.models.model_registry import HUB_PRESETS, model_tasks
+    from engine.models.shipped_presets import SHIPPED_PRESETS
 
     def tasks(values) -> str:
         return "+".join(sorted(task.value for task in values))
 
+    for name, directory in SHIPPED_PRESETS.items():
+        description = json.loads((directory / PRESET_METADATA_FILE).read_text())["description"]
+        typer.echo(f"{name:20} shipped   wan  {tasks(model_tasks(name)):8} {description}")
     for name, preset in BUILTIN_PRESETS.items():
         typer.echo(f"{name:20} built-in  {preset.family:4} {tasks(preset.tasks):8} {preset.description}")
     for name, hub_preset in HUB_PRESETS.items():

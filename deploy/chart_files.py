@@ -5,7 +5,8 @@ Helm cannot import Python, so what the chart needs from the code is written into
 - ``files/serve-defaults.yaml``: the application's name, import path and Serve-level
   settings, DEFAULT_DEPLOYMENT_OPTIONS of every kind of deployment, which kinds an app has
   once whatever its models, which per model (and which of those only for image-to-video
-  models), the preset names with their tasks, and the Denoiser placement strategy.
+  models) in each layout, the preset names with their tasks, and the Denoiser placement
+  strategy.
 - ``files/grafana-dashboard.json``: a copy of deploy/grafana/videoserve-dashboard.json
   (Helm's ``.Files`` cannot read outside the chart).
 - ``values.schema.json``: its ``serve.args`` subschema is AppConfig's JSON schema and its
@@ -60,11 +61,14 @@ def serve_defaults() -> dict[str, Any]:
     presets = {name: sorted(task.value for task in model_tasks(name)) for name in preset_names()}
     text_only = next(name for name, tasks in presets.items() if tasks == ["t2v"])
     # One-model apps: the deployment names are the stage kinds; which ones, Python decides.
-    with_expander = deployment_names(AppConfig(models=[text_only], prompt_expander={"model": "expander"}))
+    with_expander = deployment_names(AppConfig(models=[text_only], prompt_expander={"model": "expander"},
+                                               layout="disaggregated"))
     per_model = list(MODEL_STAGE_KINDS)
     per_app = [name for name in with_expander if name not in per_model]
-    if sorted(per_app + per_model) != sorted(DEFAULT_DEPLOYMENT_OPTIONS):
-        raise RuntimeError(f"deployment_names() covers {per_app + per_model} but DEFAULT_DEPLOYMENT_OPTIONS has "
+    colocated = [name for name in deployment_names(AppConfig(models=[text_only], layout="colocated"))
+                 if name not in per_app]
+    if sorted(per_app + per_model + colocated) != sorted(DEFAULT_DEPLOYMENT_OPTIONS):
+        raise RuntimeError(f"deployment_names() covers {per_app + per_model + colocated} but DEFAULT_DEPLOYMENT_OPTIONS has "
                            f"{sorted(DEFAULT_DEPLOYMENT_OPTIONS)}: the chart would miss a deployment")
 
     config = default_serve_config(host="0.0.0.0")
@@ -74,10 +78,13 @@ def serve_defaults() -> dict[str, Any]:
         "http_options": config["http_options"],
         "application": {key: application[key] for key in ("name", "route_prefix", "import_path", "runtime_env")},
         "default_model": AppConfig().models[0].source,
-        "deployments": {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name]) for name in per_app + per_model},
+        "deployments": {name: copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[name])
+                        for name in per_app + per_model + colocated},
         # In deployment_names() order: VideoAPI, the model stages, PostProcessor, PromptExpander.
         "app_deployments_before": per_app[:1],
         "model_stage_kinds": per_model,
+        # layout: colocated (serve/layout.py): each model's stages are this one deployment kind.
+        "colocated_stage_kinds": colocated,
         "image_to_video_stage_kinds": ["ImageConditioner"],
         "app_deployments_after": [name for name in per_app[1:] if name != "PromptExpander"],
         "prompt_expander_deployments": ["PromptExpander"],

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 
 from engine.models.model_spec import ModelSpec
 from engine.stage_types import GenerationRequest
+from engine.step_cache.options import StepCacheError, StepCacheOptions, parse_step_cache
 
 MAX_SEED = 2**63 - 1
 MAX_FLOW_SHIFT = 20.0
@@ -61,6 +62,8 @@ class GenerationParams(BaseModel):
     flow_shift: float | None = None
     seed: int | None = None
     fps: int | None = None
+    # true, false, or {"policy": ..., "threshold": ...}: read by parse_step_cache (engine/step_cache).
+    step_cache: Any = None
 
     @field_validator("prompt")
     @classmethod
@@ -198,12 +201,18 @@ def check_image_bytes(data: bytes, spec: ModelSpec) -> None:
             raise ValueError(f"is not a decodable image ({error})") from None
 
 
-def validate_generation(raw: dict[str, Any], spec: ModelSpec, request_id: str | None = None) -> GenerationRequest:
-    """Validate user input against ``spec`` and fill in the model's defaults."""
+def validate_generation(raw: dict[str, Any], spec: ModelSpec, request_id: str | None = None,
+                        step_cache_default: StepCacheOptions | None = None) -> GenerationRequest:
+    """Validate user input against ``spec`` and fill in the model's defaults (``step_cache_default``:
+    the app's, for a request that does not say)."""
     try:
         params = GenerationParams.model_validate(raw, context={"spec": spec})
     except ValidationError as error:
         raise RequestValidationError([_field_error_from_pydantic(item) for item in error.errors()]) from None
+    try:
+        step_cache = parse_step_cache(params.step_cache, step_cache_default)
+    except StepCacheError as error:
+        raise RequestValidationError([FieldError(error.field, error.message)]) from None
     defaults = spec.defaults
     guidance_scale = _pick(params.guidance_scale, defaults.guidance_scale)
     guidance_scale_2 = None
@@ -228,6 +237,7 @@ def validate_generation(raw: dict[str, Any], spec: ModelSpec, request_id: str | 
         seed=secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed,
         fps=_pick(params.fps, defaults.fps),
         image=params.image,
+        step_cache=step_cache,
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from engine.models.model_spec import Task
+from engine.step_cache.options import StepCacheOptions
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class GenerationRequest:
     fps: int
     image: bytes | None = field(default=None, repr=False)
     guidance_scale_2: float | None = None  # the low-noise expert's, on two-expert models only
+    step_cache: StepCacheOptions | None = None  # None: every step runs the whole transformer (lossless)
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -115,6 +117,7 @@ class DenoiseTask:
     # The request's random generator after every draw so far: a decoder that draws noise
     # too (LTX's timestep-conditioned VAE) continues from it, as diffusers' pipeline does.
     generator_state: torch.Tensor | None = field(default=None, repr=False)
+    step_cache: StepCacheOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Latents:
     request_id: str
     latents: torch.Tensor  # [1, C, T, h, w]
     generator_state: torch.Tensor | None = field(default=None, repr=False)  # see DenoiseTask
+    # Step caching: the steps whose conditional row skipped the transformer's later blocks.
+    reused_steps: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from engine.models.model_spec import ModelSpec
 from engine.parallel.parallel_dit import check_family_supports, check_parallel_degree
 from serve.app_config import AppConfig
 from serve.deployment_defaults import DEFAULT_DEPLOYMENT_OPTIONS, merge_options
+from serve.deployments.colocated_pipeline import ColocatedPipelineDeployment
 from serve.deployments.denoiser import DenoiserDeployment
 from serve.deployments.image_conditioner import ImageConditionerDeployment
 from serve.deployments.ingress import VideoAPIDeployment
@@ -30,14 +32,20 @@ from serve.deployments.prompt_expander import PromptExpanderDeployment
 from serve.deployments.text_encoder import TextEncoderDeployment
 from serve.deployments.vae_decoder import VaeDecoderDeployment
 from serve.denoiser_placement import with_denoiser_placement
+from serve.layout import resolved_layout
 from serve.model_stages import StagePlan, app_stage_plan, served_spec
+
+logger = logging.getLogger("ray.serve")
 
 _STAGE_CLASSES = {
     "TextEncoder": TextEncoderDeployment,
     "ImageConditioner": ImageConditionerDeployment,
     "Denoiser": DenoiserDeployment,
     "VaeDecoder": VaeDecoderDeployment,
+    "Pipeline": ColocatedPipelineDeployment,
 }
+# Kinds of deployment that hold a model's DiT engine: its denoiser_options and parallel placement apply.
+_DENOISING_KINDS = ("Denoiser", "Pipeline")
 
 
 def deployment_names(config: AppConfig, plan: StagePlan | None = None) -> list[str]:
@@ -57,7 +65,7 @@ def deployment_options(config: AppConfig, plan: StagePlan | None = None) -> dict
     for name in deployment_names(config, plan):
         kind = kinds[name].kind if name in kinds else name
         merged = merge_options(copy.deepcopy(DEFAULT_DEPLOYMENT_OPTIONS[kind]), config.stage_options.get(kind, {}))
-        if kind == "Denoiser":
+        if kind in _DENOISING_KINDS:
             merged = merge_options(merged, config.model_entry(kinds[name].model).denoiser_options)
             merged = with_denoiser_placement(config.parallel.degree, merged)
         options[name] = merged
@@ -118,6 +126,8 @@ def build_application(config: AppConfig, stage_classes: dict[str, type] | None =
     for model in config.model_names():
         _check_parallel(served_spec(config, model), config)
     plan = app_stage_plan(config)
+    layout, why = resolved_layout(config)
+    logger.info("videoserve layout: %s (%s); deployments: %s", layout, why, ", ".join(plan.names()))
     options = with_config_file_options(deployment_options(config, plan), deployment_overrides, runtime_env)
 
     stages = {

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.step_cache.options import DEFAULT_POLICY, MAX_THRESHOLD, POLICIES, StepCacheOptions, parse_step_cache
+
 
 # Secrets never sit in this config (it is rendered into serveConfigV2, which anyone who can
 # read the RayService can read): a *_env field names the environment variable that holds one.
@@ -179,6 +181,14 @@ class CacheConfig(_Strict):
     first_frame_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Byte bound of the first-frame LRU.")
 
 
+class StepCacheSetting(_Strict):
+    policy: Literal[tuple(POLICIES)] = Field(DEFAULT_POLICY, description="; ".join(
+        f"{name}: {info.description}" for name, info in POLICIES.items()))
+    threshold: float | None = Field(None, gt=0, le=MAX_THRESHOLD,
+                                    description="Relative change of the first block's residual under which a step "
+                                                "is skipped; default: the policy's (README, 'Step caching').")
+
+
 class DenoiserConfig(_Strict):
     max_batch_size: int = Field(8, ge=1, description="Requests that share one denoising step.")
     max_tokens_per_step: int | None = Field(None, ge=1, description="Cap on transformer tokens per step (CFG counts twice).")
@@ -188,6 +198,17 @@ class DenoiserConfig(_Strict):
         description="torch.compile the DiT forward when the replica starts, for the model's default request size "
                     "(tens of seconds per replica start; steps of other sizes run eagerly). Single-rank replicas only.",
     )
+    step_cache: bool | StepCacheSetting = Field(
+        False,
+        description="Step caching for requests that do not set step_cache themselves: false (off, lossless), true "
+                    "(the default policy and threshold) or {policy, threshold}. Lossy: see benchmarks/RESULTS.md.",
+    )
+
+    def default_step_cache(self) -> StepCacheOptions | None:
+        value = self.step_cache
+        if isinstance(value, StepCacheSetting):
+            value = value.model_dump(exclude_none=True)
+        return parse_step_cache(value)
 
 
 class VaeDecoderConfig(_Strict):
@@ -199,31 +220,47 @@ class VaeDecoderConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    """How many ranks (GPUs) one Denoiser replica spans, and how the DiT is split across them."""
+    """How many ranks (GPUs) one Denoiser replica spans (cfg x tensor x sequence), and how the DiT is split across them."""
+
+    # Tensor and sequence are not both above 1, and cfg 2 combines with sequence only; rank =
+    # cfg_index * sequence + sequence_index (engine/parallel/parallel_layout.py).
 
     tensor: int = Field(1, ge=1, description="Tensor parallel: ranks that shard the DiT's attention heads and FFN.")
     sequence: int = Field(1, ge=1, description="Ulysses sequence parallel: ranks that split the latent token sequence.")
+    cfg: int = Field(1, ge=1, le=2,
+                     description="Classifier-free-guidance parallel: 2 runs each step's conditional rows on one half "
+                                 "of the ranks and its unconditional rows on the other; combines with sequence.")
 
     @model_validator(mode="after")
-    def _one_mode(self) -> ParallelConfig:
-        if self.tensor > 1 and self.sequence > 1:
-            raise ValueError("parallel: set tensor or sequence above 1, not both")
+    def _runnable_layout(self) -> ParallelConfig:
+        _ = self.rank_layout  # refuses what no gang can run (tensor with sequence, cfg with tensor), naming parallel
         return self
+
+    @property
+    def rank_layout(self):
+        """Which rank does what (an engine.parallel.parallel_layout.ParallelLayout)."""
+        from engine.parallel.parallel_layout import ParallelLayout
+
+        return ParallelLayout(cfg=self.cfg, sequence=self.sequence, tensor=self.tensor)
 
     @property
     def degree(self) -> int:
         """Ranks per Denoiser replica: one placement-group bundle (one accelerator) each."""
-        return max(self.tensor, self.sequence)
+        return self.rank_layout.degree
+
+    @property
+    def modes(self) -> dict[str, int]:
+        """The modes above one rank and their degrees, outermost first: {"cfg": 2, "sequence": 2}."""
+        return self.rank_layout.modes
 
     @property
     def mode(self) -> str | None:
-        if self.tensor > 1:
-            return "tensor"
-        return "sequence" if self.sequence > 1 else None
+        """The modes above one rank joined by "+" ("sequence", "cfg+sequence"); None on one rank."""
+        return self.rank_layout.mode
 
 
 # The kinds of Serve deployment the builder makes (serve/model_stages.py names each one).
-StageKind = Literal["VideoAPI", "PromptExpander", "TextEncoder", "ImageConditioner", "Denoiser", "VaeDecoder",
+StageKind = Literal["VideoAPI", "PromptExpander", "TextEncoder", "ImageConditioner", "Denoiser", "VaeDecoder", "Pipeline",
                     "PostProcessor"]
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -256,10 +293,17 @@ class ModelConfig(_Strict):
 class AppConfig(_Strict):
     # A plain string is read as {source: ...} (the schema says so, for Helm's lint too).
     models: list[ModelConfig | str] = Field(
-        default_factory=lambda: [ModelConfig(source="tiny")],
+        default_factory=lambda: [ModelConfig(source="toy")],
         min_length=1,
         description="The models this app serves (the first is the default for requests that name none); a plain "
                     "string is a source. Stages whose weights are byte-identical across models are deployed once.",
+    )
+    layout: Literal["auto", "colocated", "disaggregated"] = Field(
+        "auto",
+        description="colocated: each model's stages (text encoder, image conditioner, DiT engine, VAE decoder) in one "
+                    "replica on one device, taking turns on the engine's thread (nodes with one GPU, CPU boxes); "
+                    "disaggregated: one deployment per stage, each scaled on its own (multi-GPU clusters); auto: "
+                    "colocated where the app has one device per replica to give, else disaggregated.",
     )
     cache_dir: str = Field("~/.cache/videoserve", description="Where built-in presets are generated.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N for every model stage.")
@@ -314,6 +358,13 @@ class AppConfig(_Strict):
         if self.denoiser.compile and self.parallel.degree > 1:
             raise ValueError("denoiser.compile: not supported on a Denoiser of several ranks "
                              f"(parallel.{self.parallel.mode} is {self.parallel.degree}); set one of them off")
+        return self
+
+    @model_validator(mode="after")
+    def _colocated_on_one_device(self) -> AppConfig:
+        if self.layout == "colocated" and self.parallel.degree > 1:
+            raise ValueError(f"layout: colocated runs each model on one device, but parallel asks for "
+                             f"{self.parallel.degree} ranks per Denoiser replica; use layout disaggregated (or auto)")
         return self
 
     def resolved_cache_dir(self) -> Path:

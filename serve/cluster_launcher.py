@@ -36,6 +36,13 @@ def default_serve_config(app_config: AppConfig | None = None, host: str = "127.0
     from serve.app_builder import deployment_options
 
     app_config = app_config or AppConfig()
+    args = app_config.model_dump(mode="json", exclude_defaults=True)
+    if app_config.layout == "auto":
+        # Decided here, on the machine that renders the config, and written down: the deployment
+        # names below follow from it, and a controller elsewhere must build the same ones.
+        from serve.layout import resolved_layout
+
+        args["layout"] = resolved_layout(app_config)[0]
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
@@ -45,7 +52,7 @@ def default_serve_config(app_config: AppConfig | None = None, host: str = "127.0
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "runtime_env": {"env_vars": dict(MODEL_PROCESS_ENV)},
-                "args": app_config.model_dump(mode="json", exclude_defaults=True),
+                "args": args,
                 "deployments": [{"name": name, **options} for name, options in deployment_options(app_config).items()],
             }
         ],

@@ -1,8 +1,9 @@
 """Placement of a Denoiser replica that spans several ranks (one accelerator each).
 
-The parallel degree (``AppConfig.parallel``) is the one knob. The replica's Serve options
-get one placement-group bundle per rank, packed on one node (``STRICT_PACK``: the ranks
-talk over NVLink / shared memory every step). Rank 0 is the replica itself, so its
+The parallel degree (``AppConfig.parallel.degree``: cfg x sequence x tensor ranks, whatever
+modes make it up) is the one knob. The replica's Serve options get one placement-group
+bundle per rank, packed on one node (``STRICT_PACK``: the ranks talk over NVLink / shared
+memory every step). Rank 0 is the replica itself, so its
 ``ray_actor_options`` must fit the first bundle; ranks 1..N-1 are actors in the others.
 
 The Helm chart derives the same bundles in ``helm/videoserve/templates/_placement.tpl``;

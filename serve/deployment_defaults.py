@@ -33,6 +33,12 @@ DEFAULT_DEPLOYMENT_OPTIONS: dict[str, dict[str, Any]] = {
                  "autoscaling_config": {**_autoscaled(1, 2, 16),
                                         "policy": {"policy_function": DENOISER_POLICY,
                                                    "policy_kwargs": {"target_backlog_steps": 40}}}},
+    # The colocated layout's one replica per model (serve/layout.py): its encodes and decodes
+    # queue on the engine's thread with its denoising steps, so it scales as the Denoiser does.
+    "Pipeline": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 1},
+                 "autoscaling_config": {**_autoscaled(1, 2, 16),
+                                        "policy": {"policy_function": DENOISER_POLICY,
+                                                   "policy_kwargs": {"target_backlog_steps": 40}}}},
     "VaeDecoder": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},
                    "autoscaling_config": _autoscaled(1, 2, 2)},
     "PostProcessor": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},

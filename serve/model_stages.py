@@ -7,6 +7,9 @@ family, text length, conditioning layout): the UMT5 encoder every Wan model shar
 Wan 2.1 VAE that Wan 2.2 A14B reuses. A model whose files are not on this machine yet
 (a hub preset not downloaded) shares nothing.
 
+In the colocated layout (serve/layout.py) every model's stages are one deployment of kind
+``Pipeline`` instead, which answers each stage's calls.
+
 Names: a one-model app keeps the plain stage names (``Denoiser``, ``TextEncoder``, ...);
 in a several-model app each model stage is named after the first model, in ``models``
 order, that it serves (``Denoiser-tiny-ltx``, ``TextEncoder-tiny``). ``videoserve config
@@ -107,14 +110,32 @@ def plan_stages(config: AppConfig, tasks_of: Callable[[str], frozenset[Task]],
     return StagePlan(tuple(deployments), routes)
 
 
+COLOCATED_KIND = "Pipeline"
+
+
+def colocated_plan(config: AppConfig, tasks_of: Callable[[str], frozenset[Task]]) -> StagePlan:
+    """One ``Pipeline`` deployment per model, which every stage of that model's requests goes to."""
+    names = config.model_names()
+    deployments = tuple(StageDeployment(kind=COLOCATED_KIND, name=COLOCATED_KIND if len(names) == 1
+                                        else f"{COLOCATED_KIND}-{_safe(model)}", model=model, serves=(model,))
+                        for model in names)
+    routes = {deployment.model: {kind: deployment.name for kind in stage_kinds(tasks_of(deployment.model))}
+              for deployment in deployments}
+    return StagePlan(deployments, routes)
+
+
 def app_stage_plan(config: AppConfig) -> StagePlan:
     """The plan for ``config``, reading each model's tasks and weights where they are on this machine."""
     from engine.models.model_registry import ModelNotFoundError, model_tasks
+    from serve.layout import resolved_layout
 
     specs: dict[str, ModelSpec | None] = {}
 
     def tasks_of(model: str) -> frozenset[Task]:
         return model_tasks(config.model_entry(model).source)
+
+    if resolved_layout(config)[0] == "colocated":
+        return colocated_plan(config, tasks_of)
 
     def identity_of(model: str, kind: str) -> Hashable | None:
         if len(config.models) == 1:  # nothing to share with: no need to read (or build) the model
@@ -132,13 +153,14 @@ def app_stage_plan(config: AppConfig) -> StagePlan:
 
 
 def _on_this_machine(source: str) -> bool:
-    """A built-in preset, a directory, or a hub preset already in the local cache."""
+    """A built-in or shipped preset, a directory, or a hub preset already in the local cache."""
     from pathlib import Path
 
     from engine.models.builtin_presets import BUILTIN_PRESETS
     from engine.models.model_registry import HUB_PRESETS
+    from engine.models.shipped_presets import SHIPPED_PRESETS
 
-    if source in BUILTIN_PRESETS or Path(source).expanduser().is_dir():
+    if source in BUILTIN_PRESETS or source in SHIPPED_PRESETS or Path(source).expanduser().is_dir():
         return True
     repo = HUB_PRESETS[source].repo_id if source in HUB_PRESETS else source
     try:

@@ -20,6 +20,17 @@ class VideoError(BaseModel):
     message: str
 
 
+class VideoQuality(BaseModel):
+    flicker: float | None = None  # engine/quality/flicker.py: 0-255 levels, lower is steadier
+
+
+class StepCacheReport(BaseModel):
+    policy: str
+    threshold: float
+    reused_steps: int | None = None  # steps whose conditional row skipped the later blocks (once completed)
+    total_steps: int | None = None
+
+
 class VideoObject(BaseModel):
     id: str
     object: Literal["video"] = "video"
@@ -42,6 +53,9 @@ class VideoObject(BaseModel):
     eta_seconds: float | None = None
     seed: int | None = None
     cancelled: bool = False
+    quality: VideoQuality | None = None  # measured on every completed video
+    step_cache: StepCacheReport | None = None  # the lossy step caching this job asked for, and what it reused
+    prompt_note: str | None = None  # what the model says of the prompt (the toy model: outside its grammar)
 
 
 def video_object(record: JobRecord, queue_position: int | None = None) -> VideoObject:
@@ -81,7 +95,20 @@ def video_object(record: JobRecord, queue_position: int | None = None) -> VideoO
         eta_seconds=eta,
         seed=record.seed,
         cancelled=status is JobStatus.CANCELLED,
+        quality=VideoQuality(**record.metadata["quality"]) if isinstance(record.metadata.get("quality"), dict) else None,
+        prompt_note=record.metadata.get("prompt_note"),
+        step_cache=_step_cache_report(record, job),
     )
+
+
+def _step_cache_report(record: JobRecord, job: JobSpec) -> StepCacheReport | None:
+    asked = job.generation.step_cache
+    if asked is None:
+        return None
+    reported = record.metadata.get("step_cache")
+    if isinstance(reported, dict):
+        return StepCacheReport(**reported)
+    return StepCacheReport(policy=asked.policy, threshold=asked.threshold, total_steps=job.generation.num_inference_steps)
 
 
 def _delivered_shape(record: JobRecord, job: JobSpec) -> tuple[int, int, int, int]:

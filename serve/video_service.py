@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.models.model_spec import ModelSpec
+from engine.prompt_grammars import prompt_note
 from engine.request_validation import RequestValidationError, validate_generation
 from engine.stage_types import GenerationRequest
 from serve.video_object import VideoObject, video_object
@@ -97,7 +98,8 @@ class VideoService:
             webhook_url=webhook_url,
             seed=request.seed,
             total_steps=request.num_inference_steps,
-            metadata=dict(metadata or {}),  # in the first write: a runner's claim copies it
+            # In the first write: a runner's claim copies it.
+            metadata={**(metadata or {}), **_prompt_note(spec, request.prompt)},
             owner=tenant.owner,
         )
         # Per-key shares only where there are keys: without auth there is one tenant, the server.
@@ -235,3 +237,8 @@ def _storage_full() -> InsufficientStorage:
 
 def _looks_like_id(job_id: str) -> bool:
     return 0 < len(job_id) <= 128 and job_id.replace("_", "").replace("-", "").isalnum()
+
+
+def _prompt_note(spec: ModelSpec, prompt: str) -> dict[str, str]:
+    note = prompt_note(spec.prompt_grammar, prompt)
+    return {} if note is None else {"prompt_note": note}

@@ -11,12 +11,15 @@ to send to the peers) are touched by that thread alone and need no lock.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.batching.denoise_engine import DenoiseEngine, DroppedEvent, EngineEvent, Executor, FinishedEvent, StepEvent
 from engine.batching.denoise_scheduler import SchedulerConfig, SchedulerLoad
@@ -66,6 +69,15 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Call:
+    """Other model work (encode a prompt, decode a video) run on the step thread between two steps;
+    ``settle(value, error)`` hands the outcome back to whoever waits for it."""
+
+    function: Callable[[], Any]
+    settle: Callable[[Any, BaseException | None], None]
+
+
 _STOP = object()
 
 
@@ -82,6 +94,9 @@ class AsyncDenoiseEngine:
     ):
         self._engine = DenoiseEngine(executor, config, clock)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # Held while checking for shutdown and queueing a call, so no call lands behind the stop.
+        self._intake = threading.Lock()
+        self._stopped = False
         self._on_step = on_step
         # Written by the step thread only; readers on other threads take the whole snapshot
         # (a reference swap is atomic), never the scheduler itself.
@@ -125,9 +140,57 @@ class AsyncDenoiseEngine:
             if not done:
                 self._inbox.put(_Abort(task.request_id))
 
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on the step thread, between two denoising steps.
+
+        A replica that holds every model stage on one device (the colocated layout) runs
+        its text encoding, image conditioning and VAE decoding here, so they take turns
+        with the DiT's steps instead of competing with them for the device.
+        """
+        loop = asyncio.get_running_loop()
+        result = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            def on_loop() -> None:
+                if result.done():  # the caller was cancelled meanwhile
+                    return
+                if error is not None:
+                    result.set_exception(error)
+                else:
+                    result.set_result(value)
+
+            try:
+                loop.call_soon_threadsafe(on_loop)
+            except RuntimeError:  # the caller's event loop has closed
+                pass
+
+        self._queue_call(_Call(functools.partial(function, *args), settle))
+        return await result
+
+    def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``run`` for a caller without an event loop to await on (start-up work)."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(value)
+
+        self._queue_call(_Call(functools.partial(function, *args), settle))
+        return result.result()
+
+    def _queue_call(self, call: _Call) -> None:
+        with self._intake:
+            if self._stopped:
+                raise RuntimeError("the denoise engine shut down")
+            self._inbox.put(call)
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the step thread after the step in flight; requests still held are dropped."""
-        self._inbox.put(_STOP)
+        with self._intake:
+            self._stopped = True
+            self._inbox.put(_STOP)
         self._thread.join(timeout)
 
     def _run(self, thread_initializer: Callable[[], None] | None) -> None:
@@ -142,9 +205,9 @@ class AsyncDenoiseEngine:
                     commands.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
-            for command in commands:
+            for index, command in enumerate(commands):
                 if command is _STOP:
-                    self._drop_all(streams)
+                    self._drop_all(streams, commands[index + 1:])
                     return
                 self._apply(command, streams)
             if commands:  # the new work counts for autoscaling before its first step
@@ -162,6 +225,9 @@ class AsyncDenoiseEngine:
                     self._on_step(events)
 
     def _apply(self, command, streams: dict[str, _Add]) -> None:
+        if isinstance(command, _Call):
+            _call(command)
+            return
         if isinstance(command, _Abort):
             streams.pop(command.request_id, None)  # its caller is gone: nobody to tell
             self._engine.abort_request(command.request_id)
@@ -186,10 +252,32 @@ class AsyncDenoiseEngine:
                 del streams[event.request_id]
             _post(stream, event)
 
-    def _drop_all(self, streams: dict[str, _Add]) -> None:
+    def _drop_all(self, streams: dict[str, _Add], unapplied: Sequence[Any]) -> None:
         for request_id, stream in streams.items():
             _post(stream, DroppedEvent(request_id, "aborted: the engine shut down"))
         streams.clear()
+        while True:  # whatever was queued behind the stop: nobody will run it
+            try:
+                unapplied = [*unapplied, self._inbox.get_nowait()]
+            except queue.Empty:
+                break
+        for command in unapplied:
+            if isinstance(command, _Call):
+                _call(_Call(_engine_shut_down, command.settle))
+            elif isinstance(command, _Add):
+                _post(command, DroppedEvent(command.task.request_id, "aborted: the engine shut down"))
+
+
+def _engine_shut_down() -> None:
+    raise RuntimeError("the denoise engine shut down before this ran")
+
+
+def _call(command: _Call) -> None:
+    try:
+        value, error = command.function(), None
+    except Exception as raised:  # the caller gets it; the step thread goes on
+        value, error = None, raised
+    command.settle(value, error)
 
 
 def _post(stream: _Add, event: EngineEvent) -> None:

@@ -1,4 +1,4 @@
-"""Joining a rank group: NCCL on CUDA, gloo on CPU, the same code path for both."""
+"""Joining a rank group (NCCL on CUDA, gloo on CPU, the same code path for both) and its layout's subgroups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch.distributed as dist
+
+from engine.parallel.parallel_layout import ParallelLayout
 
 # A collective waiting on a dead peer fails after this instead of hanging the replica.
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
@@ -46,3 +48,40 @@ def join_rank_group(address: RankGroupAddress, rank: int, device: str, *, with_d
                                    rank=rank, world_size=address.world_size)
     else:
         dist.init_process_group(backend=backend, rank=rank, world_size=address.world_size, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class LayoutGroups:
+    """This rank's subgroups of a parallel layout (engine/parallel/parallel_layout.py).
+
+    ``inner`` splits the DiT (Ulysses or tensor) inside this rank's cfg index; ``cfg``
+    gathers a step's rows across the cfg indices. Either is the default group when it
+    spans every rank, and None when its side of the layout is one rank.
+    """
+
+    cfg: dist.ProcessGroup | None
+    cfg_index: int
+    inner: dist.ProcessGroup | None
+
+
+def join_layout_groups(layout: ParallelLayout) -> LayoutGroups:
+    """Create the layout's subgroups of the joined default group and return this rank's.
+
+    ``dist.new_group`` is collective over the whole default group: every rank creates
+    every subgroup, in the same order, even those it is not in.
+    """
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size != layout.degree:
+        raise ValueError(f"parallel: {layout.mode} over {layout.degree} ranks, but the rank group has {world_size}")
+    inner = dist.group.WORLD if layout.inner > 1 else None
+    cfg = dist.group.WORLD if layout.cfg > 1 else None
+    if layout.cfg > 1 and layout.inner > 1:
+        for ranks in layout.inner_groups():
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                inner = group
+        for ranks in layout.cfg_groups():
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                cfg = group
+    return LayoutGroups(cfg=cfg, cfg_index=layout.cfg_index(rank), inner=inner)

@@ -7,6 +7,10 @@ full text/image context) runs on the local tokens; only self-attention needs eve
 token, and DeepSpeed's ``DistributedAttention`` all-to-alls [b, s/N, h, d] into
 [b, s, h/N, d] around it and back.
 
+The ranks are the default process group's, or a subgroup of it (``split_sequence(...,
+group=...)``: each cfg index of a CFG x Ulysses gang splits its own rows' tokens over its
+own ranks, engine/parallel/parallel_layout.py).
+
 The model's forward is not forked. Module hooks cut the rotary table (``rope``), the
 per-token timesteps of Wan 2.2 TI2V (entering ``condition_embedder``, so each rank embeds
 only its own tokens' timesteps and its blocks and output norm modulate only those) and
@@ -36,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from engine.parallel.communication_log import CommunicationLog
+from engine.step_cache.caching_blocks import StepCachingBlocks
 
 # diffusers and DeepSpeed are imported where they are used, so the cost formula can be
 # imported (e.g. by a benchmark's cost model) without their ~10 s of imports.
@@ -99,6 +104,10 @@ class TokenShard:
 
     def local_tokens(self, tokens: int) -> int:
         return math.ceil(tokens / self.degree)
+
+    def real_in_chunk(self, chunk: int) -> int:
+        """How many of this rank's ``chunk`` tokens are real in the forward in progress (padding sits at the end)."""
+        return max(0, min(chunk, self.tokens - self.rank * chunk))
 
     def take_local(self, sequence: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Pad ``sequence`` along ``dim`` to a multiple of N (zeros at the end) and keep this rank's chunk."""
@@ -178,8 +187,9 @@ class UlyssesSelfAttnProcessor:
 class SequenceShardingHooks:
     """Where the token sequence is cut to this rank's chunk and put back together."""
 
-    def __init__(self, shard: TokenShard, log: CommunicationLog | None):
+    def __init__(self, shard: TokenShard, group: dist.ProcessGroup, log: CommunicationLog | None):
         self._shard = shard
+        self._group = group
         self._log = log
 
     def keep_local_rotary(self, module, args, output: tuple[torch.Tensor, torch.Tensor]):
@@ -215,22 +225,25 @@ class SequenceShardingHooks:
         local = output.contiguous()
         _record(self._log, ALL_GATHER, local)
         chunks = [torch.empty_like(local) for _ in range(self._shard.degree)]
-        dist.all_gather(chunks, local)
+        dist.all_gather(chunks, local, group=self._group)
         return torch.cat(chunks, dim=1)[:, : self._shard.tokens]
 
 
-def split_sequence(transformer, log: CommunicationLog | None = None) -> None:
-    """Split ``transformer``'s video tokens across the default process group, in place.
+def split_sequence(transformer, log: CommunicationLog | None = None, group: dist.ProcessGroup | None = None) -> None:
+    """Split ``transformer``'s video tokens across ``group`` (default: the default process group), in place.
 
     The group must have been joined with DeepSpeed's comm (``join_rank_group(...,
-    with_deepspeed=True)``). Every rank must then call the model with the same full
-    inputs; each gets back the full output, as from the unsplit model.
+    with_deepspeed=True)``); a subgroup comes from ``join_layout_groups``. Every rank of the
+    group must then call the model with the same full inputs; each gets back the full
+    output, as from the unsplit model. This rank's chunk is its rank within ``group``.
     """
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     if not dist.is_initialized():
         raise RuntimeError("split_sequence needs the rank group: call join_rank_group(..., with_deepspeed=True) first")
-    degree = dist.get_world_size()
+    if group is None:
+        group = dist.group.WORLD
+    degree = dist.get_world_size(group)
     check_sequence_parallel_degree(transformer.config, degree)
     foreign = {type(block.attn1.processor).__name__ for block in transformer.blocks
                if type(block.attn1.processor) is not WanAttnProcessor}
@@ -238,11 +251,20 @@ def split_sequence(transformer, log: CommunicationLog | None = None) -> None:
         # Covers a second split_sequence call too, which would cut the sequence twice.
         raise ValueError(f"split_sequence replaces WanAttnProcessor in every attn1, found {sorted(foreign)}")
 
-    shard = TokenShard(dist.get_rank(), degree)
+    shard = TokenShard(dist.get_rank(group), degree)
     for block in transformer.blocks:
-        block.attn1.set_processor(UlyssesSelfAttnProcessor(shard, dist.group.WORLD, log))
-    hooks = SequenceShardingHooks(shard, log)
+        block.attn1.set_processor(UlyssesSelfAttnProcessor(shard, group, log))
+    hooks = SequenceShardingHooks(shard, group, log)
     transformer.rope.register_forward_hook(hooks.keep_local_rotary)
     transformer.condition_embedder.register_forward_pre_hook(hooks.keep_local_timesteps, with_kwargs=True)
     transformer.blocks[0].register_forward_pre_hook(hooks.keep_local_tokens, with_kwargs=True)
     transformer.proj_out.register_forward_hook(hooks.gather_tokens)
+    if isinstance(transformer.blocks, StepCachingBlocks):
+        # Step caching decides from the first block's residual: summed over every rank's real
+        # tokens, so each rank of the group decides the same, and as one rank would.
+        def row_sum(statistics: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(statistics, op=dist.ReduceOp.SUM, group=group)
+            return statistics
+
+        transformer.blocks.row_sum = row_sum
+        transformer.blocks.real_tokens = shard.real_in_chunk

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -28,6 +28,8 @@ from engine.compiling.compiled_transformer import CompiledTransformer, StepShape
 from engine.models.model_spec import ModelSpec, Task
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, Latents, TextEmbeddings
+from engine.step_cache.caching_blocks import CachingRow, StepCachingBlocks, install_step_caching
+from engine.step_cache.row_cache import RowCache
 
 
 class GenerationCancelled(RuntimeError):
@@ -47,6 +49,14 @@ StepCallback = Callable[[StepProgress], bool | None]
 HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT = 0, 1
 
 
+class RowSplit(Protocol):
+    """Runs a step's batched forward with the rows shared out over ranks, and gives every rank all rows' output."""
+
+    def forward(self, run: Callable[[dict[str, Any], list[CachingRow] | None], torch.Tensor], inputs: dict[str, Any],
+                caching: list[CachingRow] | None, conditional: Sequence[bool]) -> torch.Tensor:
+        """``run(inputs, caching)`` is the transformer on some rows; ``conditional[i]``: row i is a conditional row."""
+
+
 class DenoiseState:
     """One started request inside the denoiser: its own scheduler instance and latents.
 
@@ -61,6 +71,8 @@ class DenoiseState:
         self.experts = experts
         self.steps_done = 0
         self.inputs: dict[str, Any] = {}
+        # Step caching: one cache per row (conditional, unconditional); None without it.
+        self.row_caches: dict[bool, RowCache] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -93,6 +105,9 @@ class DenoiseState:
 class BatchedDenoiser:
     """The family-independent half of a Denoiser; subclasses fill in the hooks at the bottom."""
 
+    # The attribute of the family's transformer that holds its list of blocks (step caching).
+    blocks_attribute = "blocks"
+
     def __init__(self, spec: ModelSpec, placement: StagePlacement | None, transformers: Sequence[torch.nn.Module],
                  compile_transformer: bool = False):
         if len(transformers) != spec.experts:
@@ -102,6 +117,11 @@ class BatchedDenoiser:
         self.transformers = list(transformers)
         for transformer in self.transformers:
             transformer.to(self.placement.device).eval()
+        # Set by a CFG-parallel gang (engine/parallel/cfg_parallel.py): which rows of a step this rank runs.
+        self.row_split: RowSplit | None = None
+        # Without step-cached rows in a step, these iterate as the model's own blocks (same forward).
+        self.caching_blocks: list[StepCachingBlocks] = [install_step_caching(t, self.blocks_attribute)
+                                                        for t in self.transformers]
         # Compiled only for the shapes warm_up_compiled() prepares; everything else runs eagerly.
         self.compiled = [CompiledTransformer(t) for t in self.transformers] if compile_transformer else None
 
@@ -125,6 +145,8 @@ class BatchedDenoiser:
         state = DenoiseState(task, scheduler, task.initial_latents.to(self.device, dtype=torch.float32),
                              self._expert_schedule(scheduler))
         state.inputs = self._request_inputs(state)
+        if task.step_cache is not None:
+            state.row_caches = {True: RowCache(task.step_cache), False: RowCache(task.step_cache)}
         return state
 
     @torch.no_grad()
@@ -143,8 +165,9 @@ class BatchedDenoiser:
     def finish(self, state: DenoiseState) -> Latents:
         if not state.finished:
             raise ValueError(f"request {state.task.request_id} has {state.total_steps - state.steps_done} steps left")
+        reused = None if state.row_caches is None else state.row_caches[True].reused_steps
         return Latents(request_id=state.task.request_id, latents=self._final_latents(state),
-                       generator_state=state.task.generator_state)
+                       generator_state=state.task.generator_state, reused_steps=reused)
 
     def denoise(self, task: DenoiseTask, on_step: StepCallback | None = None) -> Latents:
         state = self.start(task)
@@ -211,7 +234,13 @@ class BatchedDenoiser:
         """One forward for the whole step: every request's conditional row, then the
         unconditional rows of those that use classifier-free guidance."""
         guided = [index for index, state in enumerate(states) if state.uses_classifier_free_guidance]
-        output = self._forward(expert, self._batched_inputs(states, guided))
+        rows = [(state, True) for state in states] + [(states[index], False) for index in guided]
+        inputs, caching = self._batched_inputs(states, guided), self._caching_rows(rows, expert)
+        if self.row_split is not None:  # CFG-parallel: this rank runs its share of the rows
+            output = self.row_split.forward(lambda part, part_caching: self._forward(expert, part, part_caching),
+                                            inputs, caching, [conditional for _, conditional in rows])
+        else:
+            output = self._forward(expert, inputs, caching)
         predictions = [self._prediction(output[index : index + 1]) for index in range(len(states))]
         for row, index in enumerate(guided, start=len(states)):
             noise_uncond = self._prediction(output[row : row + 1])
@@ -229,10 +258,21 @@ class BatchedDenoiser:
             inputs[name] = None if values[0] is None else torch.cat(values)
         return {**inputs, **self._shared_inputs(states)}
 
-    def _forward(self, expert: int, inputs: dict[str, Any]) -> torch.Tensor:
+    def _forward(self, expert: int, inputs: dict[str, Any], caching: list[CachingRow] | None = None) -> torch.Tensor:
+        if caching is not None:  # eager: which rows run the later blocks changes from step to step
+            with self.caching_blocks[expert].caching_rows(caching):
+                return self.transformers[expert](**inputs, return_dict=False)[0]
         if self.compiled is not None:
             return self.compiled[expert](**inputs)
         return self.transformers[expert](**inputs, return_dict=False)[0]
+
+    @staticmethod
+    def _caching_rows(rows: Sequence[tuple[DenoiseState, bool]], expert: int) -> list[CachingRow] | None:
+        """The step's rows as step caching sees them; None when no row of the step caches."""
+        if all(state.row_caches is None for state, _ in rows):
+            return None
+        return [CachingRow(None if state.row_caches is None else state.row_caches[conditional], state.steps_done,
+                           state.total_steps, expert) for state, conditional in rows]
 
     def _expert_schedule(self, scheduler) -> tuple[int, ...]:
         timesteps = scheduler.timesteps
@@ -258,6 +298,7 @@ class BatchedDenoiser:
             video_size=(request.num_frames, request.height, request.width),
             fps=request.fps,
             generator_state=generator_state,
+            step_cache=request.step_cache,
         )
 
     def _scheduler_with_shift(self, scheduler_config: dict, task: DenoiseTask):

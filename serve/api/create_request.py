@@ -16,6 +16,7 @@ from engine.models.model_spec import ModelSpec
 from engine.video_size import parse_size
 from engine.request_validation import MAX_FLOW_SHIFT, MAX_FPS, MAX_SEED, RequestValidationError, validate_generation
 from engine.stage_types import GenerationRequest
+from engine.step_cache.options import MAX_THRESHOLD, POLICIES, StepCacheOptions
 from serve.api.errors import APIError
 from serve.api.input_image import check_image_header, image_from_data_url
 from engine.post_processing.frame_interpolation import MAX_INTERPOLATE_FPS, check_interpolate_fps
@@ -85,6 +86,28 @@ class CreateVideoFields(BaseModel):
     upscale: int | None = Field(None, ge=1, le=max(LANCZOS_FACTORS))
     input_reference: ImageReference | None = None
     webhook_url: str | None = None
+    # Checked by the engine (engine/step_cache/options.py), whose errors name the part at fault
+    # (step_cache.policy, step_cache.threshold); the schema below documents it.
+    step_cache: Any = Field(
+        None, description="Step caching (lossy, faster): true for the default policy, false for none, or "
+                          "{\"policy\", \"threshold\"}; default: the server's (denoiser.step_cache).",
+        json_schema_extra={"anyOf": [
+            {"type": "boolean"},
+            {"type": "object", "additionalProperties": False, "properties": {
+                "policy": {"type": "string", "enum": list(POLICIES)},
+                "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_THRESHOLD}}},
+            {"type": "null"}]},
+    )
+
+    @field_validator("step_cache", mode="before")
+    @classmethod
+    def _step_cache_as_sent(cls, value: Any) -> Any:
+        # A form carries the object as JSON text ('{"policy": "taylorseer"}'), true and false as text.
+        if isinstance(value, str):
+            if value.lstrip().startswith("{"):
+                return parse_json_object(value.encode("utf-8"), what="step_cache", param="step_cache")
+            return {"true": True, "false": False}.get(value.strip().lower(), value)
+        return value
 
     @field_validator("seconds", mode="before")
     @classmethod
@@ -299,9 +322,12 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     return inline(schema)
 
 
-def generation_request(fields: CreateVideoFields, image: bytes | None, spec: ModelSpec, request_id: str) -> GenerationRequest:
+def generation_request(fields: CreateVideoFields, image: bytes | None, spec: ModelSpec, request_id: str,
+                       step_cache_default: StepCacheOptions | None = None) -> GenerationRequest:
     """Translate the API's fields to the engine's and validate them against the model."""
     raw: dict[str, Any] = {"prompt": fields.prompt}
+    if fields.step_cache is not None:
+        raw["step_cache"] = fields.step_cache
     for name in ("negative_prompt", "seed", "num_inference_steps", "guidance_scale", "guidance_scale_2", "num_frames",
                  "fps", "flow_shift"):
         value = getattr(fields, name)
@@ -325,7 +351,7 @@ def generation_request(fields: CreateVideoFields, image: bytes | None, spec: Mod
     if image is not None:
         raw["image"] = image
     try:
-        return validate_generation(raw, spec, request_id=request_id)
+        return validate_generation(raw, spec, request_id=request_id, step_cache_default=step_cache_default)
     except RequestValidationError as error:
         first = error.errors[0]
         param = renamed.get(first.field, first.field)
@@ -387,7 +413,7 @@ def check_output_work(fields: CreateVideoFields, request: GenerationRequest, lim
 
 
 def _validated_request(fields: CreateVideoFields, upload: bytes | None, spec: ModelSpec, request_id: str,
-                       max_image_pixels: int) -> GenerationRequest:
+                       max_image_pixels: int, step_cache_default: StepCacheOptions | None = None) -> GenerationRequest:
     """generation_request with the first frame taken from wherever the body put it. It decodes the
     image: run it off the event loop."""
     image = upload
@@ -402,13 +428,15 @@ def _validated_request(fields: CreateVideoFields, upload: bytes | None, spec: Mo
         image = image_from_data_url(reference.image_url)
     if image is not None:
         check_image_header(image, max_image_pixels)
-    return generation_request(fields, image, spec, request_id)
+    return generation_request(fields, image, spec, request_id, step_cache_default)
 
 
 async def _validated_off_loop(fields: CreateVideoFields, upload: bytes | None, spec: ModelSpec, request_id: str,
-                              max_image_pixels: int) -> GenerationRequest:
+                              max_image_pixels: int, step_cache_default: StepCacheOptions | None = None
+                              ) -> GenerationRequest:
     # Decoding a 20 MB image takes a while: not on the event loop every request shares.
-    return await asyncio.to_thread(_validated_request, fields, upload, spec, request_id, max_image_pixels)
+    return await asyncio.to_thread(_validated_request, fields, upload, spec, request_id, max_image_pixels,
+                                   step_cache_default)
 
 
 def _too_large(max_bytes: int) -> APIError:
@@ -420,7 +448,8 @@ async def create_from_fields(service: VideoService, fields: CreateVideoFields, i
     """The API's fields validated against the model they name, then queued by the service for ``tenant``."""
     spec = service.model_spec(fields.model)
     request = await _validated_off_loop(fields, image, spec, service.new_job_id(),
-                                        service.config.api.max_input_image_pixels)
+                                        service.config.api.max_input_image_pixels,
+                                        service.config.denoiser.default_step_cache())
     options = check_options(fields, request, service.expander_enabled, service.learned_upscale_factor,
                             service.config.api.max_output_pixel_frames)
     if fields.webhook_url is not None:

@@ -31,15 +31,19 @@ logger = logging.getLogger("ray.serve")
 
 def load_parallel_denoiser(config: AppConfig, model: str, rank: int,
                            address: RankGroupAddress) -> tuple[Denoising, CommunicationLog]:
-    """Join the group, load the DiT (every expert), split it: what every rank, 0 included, does at start-up."""
+    """Join the group, load the DiT (every expert), split it: what every rank, 0 included, does at start-up.
+
+    The split follows the config's whole layout (e.g. cfg 2 x sequence 2: the Ulysses
+    subgroups and the cfg groups are created here, in the same order on every rank).
+    """
     from serve.deployments.model_stage import load_stage_context
 
     app_config, spec, placement = load_stage_context(config, "transformer", model)
-    mode = app_config.parallel.mode
-    join_rank_group(address, rank, placement.device, with_deepspeed=needs_deepspeed(mode))
+    layout = app_config.parallel.rank_layout
+    join_rank_group(address, rank, placement.device, with_deepspeed=needs_deepspeed(layout))
     denoiser = load_denoiser(spec, placement)
     communication = CommunicationLog()
-    parallelize_denoiser(denoiser, mode, communication)
+    parallelize_denoiser(denoiser, layout, communication)
     return denoiser, communication
 
 

@@ -19,12 +19,13 @@ from serve.jobs.runner import JobRunner, ModelRoute, StageHandles
 from serve.jobs.webhook_outbox import WebhookOutboxDeliverer
 from serve.jobs.open_store import open_job_store
 from serve.metrics import STAGE_DEPLOYMENTS, VideoServeMetrics
-from serve.model_stages import served_spec
+from serve.model_stages import COLOCATED_KIND, served_spec
 from serve.video_service import VideoService
 from serve.webhook_targets import TargetPolicy
 from serve.webhooks import WebhookSender, WebhookSettings, configured_webhook_secret
 
 logger = logging.getLogger("videoserve.ingress")
+COLOCATED_STAGES = ("text_encoder", "image_conditioner", "denoiser", "vae_decoder")
 
 
 def running_stage_replicas(app_name: str) -> dict[str, int]:
@@ -37,9 +38,11 @@ def running_stage_replicas(app_name: str) -> dict[str, int]:
         return {}
     running: dict[str, int] = {}
     for stage, kind in STAGE_DEPLOYMENTS.items():
-        # A several-model app has one deployment of a kind per model or per shared weights.
+        # A several-model app has one deployment of a kind per model or per shared weights; in the
+        # colocated layout a model's Pipeline replicas run its model stages.
+        kinds = (kind, COLOCATED_KIND) if stage in COLOCATED_STAGES else (kind,)
         deployments = [status for name, status in application.deployments.items()
-                       if name == kind or name.startswith(f"{kind}-")]
+                       if any(name == each or name.startswith(f"{each}-") for each in kinds)]
         if deployments:
             running[stage] = sum(status.replica_states.get("RUNNING", 0) for status in deployments)
     return running

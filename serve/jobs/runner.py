@@ -272,7 +272,7 @@ class JobRunner:
         result: PostProcessResult = await self._timed(
             "post_processor", handles.post_processor.process.remote(frames, post_options, output_dir)
         )
-        await self._complete(job, request, result)
+        await self._complete(job, request, result, latents.reused_steps)
 
     async def _denoise(self, denoiser, job_id: str, request: GenerationRequest, text, image_conditioning):
         started = time.perf_counter()
@@ -396,7 +396,8 @@ class JobRunner:
             ending["webhook_outbox"] = WebhookOutbox.new(event_type, now)
         return ending
 
-    async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult) -> None:
+    async def _complete(self, job: JobRecord, request: GenerationRequest, result: PostProcessResult,
+                        reused_steps: int | None = None) -> None:
         artifacts = {"video": result.video_path, "thumbnail": result.thumbnail_path}
         if result.spritesheet_path:
             artifacts["spritesheet"] = result.spritesheet_path
@@ -416,6 +417,10 @@ class JobRunner:
                 "width": result.width,
                 "height": result.height,
                 "fps": result.fps,
+                **({"quality": {"flicker": result.flicker}} if result.flicker is not None else {}),
+                **({"step_cache": {**request.step_cache.describe(), "reused_steps": reused_steps,
+                                   "total_steps": request.num_inference_steps}}
+                   if request.step_cache is not None else {}),
             },
             **self._ending(job.webhook_url is not None, "video.completed", now),
         )
@@ -424,6 +429,8 @@ class JobRunner:
             return
         self.metrics.jobs_finished.labels("completed").inc()
         self.metrics.job_duration.observe(now - job.created_at)
+        if result.flicker is not None:
+            self.metrics.video_flicker.labels(job.model).observe(result.flicker)
         self.mean_job_seconds += JOB_SECONDS_SMOOTHING * ((now - job.created_at) - self.mean_job_seconds)
         self._outbox_written(record)
 

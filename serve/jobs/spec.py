@@ -10,6 +10,7 @@ both shapes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +27,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StepCache(_Frozen):
+    policy: str
+    threshold: float
+    warmup_steps: int = 2
+
+
 class GenerationParams(_Frozen):
     """The validated generation parameters, every default filled in (engine/request_validation.py)."""
 
@@ -40,6 +47,7 @@ class GenerationParams(_Frozen):
     flow_shift: float | None = None
     seed: int
     fps: int = Field(gt=0)
+    step_cache: StepCache | None = None  # None: lossless
 
 
 class PostProcessing(_Frozen):
@@ -63,16 +71,22 @@ class JobSpec(_Frozen):
     @classmethod
     def of(cls, request: GenerationRequest, post_processing: PostProcessing, webhook_url: str | None = None,
            owner: str | None = None) -> JobSpec:
-        generation = GenerationParams(**{name: getattr(request, name) for name in GenerationParams.model_fields})
+        values = {name: getattr(request, name) for name in GenerationParams.model_fields}
+        if request.step_cache is not None:
+            values["step_cache"] = StepCache(**dataclasses.asdict(request.step_cache))
+        generation = GenerationParams(**values)
         return cls(model=request.model, task=request.task, generation=generation, post_processing=post_processing,
                    webhook_url=webhook_url, owner=owner)
 
     def generation_request(self, job_id: str, image: bytes | None = None) -> GenerationRequest:
         """The engine's request for this job; ``image`` only for the stage that reads it."""
         from engine.stage_types import GenerationRequest
+        from engine.step_cache.options import StepCacheOptions
 
-        return GenerationRequest(request_id=job_id, model=self.model, task=self.task, image=image,
-                                 **self.generation.model_dump())
+        values = self.generation.model_dump()
+        if values["step_cache"] is not None:
+            values["step_cache"] = StepCacheOptions(**values["step_cache"])
+        return GenerationRequest(request_id=job_id, model=self.model, task=self.task, image=image, **values)
 
     def stored(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

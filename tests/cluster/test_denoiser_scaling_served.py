@@ -23,7 +23,7 @@ def scaling_app(ray_cluster, serve_port, preset_cache, tmp_path_factory):
 
     port = serve_port
     args = AppConfig.model_validate({
-        "models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu",
+        "models": ["tiny"], "cache_dir": str(preset_cache), "device": "cpu", "layout": "disaggregated",
         "storage": {"state_dir": str(tmp_path_factory.mktemp("scaling-state"))},
         "jobs": {"poll_interval_seconds": 0.05, "max_concurrent_per_ingress": 32},
         # Two requests per step: a burst of 8 long jobs is then a long backlog of batched steps.

@@ -48,7 +48,7 @@ def multi_app(ray_cluster, serve_port, preset_specs, tmp_path_factory):
     for model in MODELS:  # built once here, not raced by the replicas
         preset_specs[model]
     args = AppConfig.model_validate({
-        "models": MODELS, "cache_dir": str(preset_specs.cache), "device": "cpu",
+        "models": MODELS, "cache_dir": str(preset_specs.cache), "device": "cpu", "layout": "disaggregated",
         "storage": {"state_dir": str(tmp_path_factory.mktemp("multi-state"))},
         "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0},
         "api": {"poll_after_ms": 100},

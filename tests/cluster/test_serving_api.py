@@ -278,8 +278,10 @@ def test_metrics_parse_and_contain_every_documented_metric(cluster):
     from serve.metrics import METRICS
 
     # One job of its own, so the completed count below does not hang on earlier tests having run.
-    assert openai_client(cluster).videos.create_and_poll(
-        prompt="counted", extra_body={"num_inference_steps": 1}).status == "completed"
+    video = openai_client(cluster).videos.create_and_poll(prompt="counted", extra_body={"num_inference_steps": 1})
+    assert video.status == "completed"
+    flicker = video.model_extra["quality"]["flicker"]  # measured on every finished video
+    assert isinstance(flicker, float) and flicker >= 0
     text = httpx.get(f"{cluster.url('t2v')}/metrics").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     for name, (kind, _) in METRICS.items():
@@ -288,6 +290,9 @@ def test_metrics_parse_and_contain_every_documented_metric(cluster):
         assert families[family_name].type == kind
     completed = [s for s in families["videoserve_jobs"].samples if s.labels["status"] == "completed"]
     assert completed[0].value >= 1
+    flickers = [s for s in families["videoserve_video_flicker"].samples
+                if s.name == "videoserve_video_flicker_count" and s.labels["model"] == "tiny"]
+    assert flickers and flickers[0].value >= 1
 
 
 def test_every_stage_replica_count_follows_the_config(cluster):
@@ -308,7 +313,8 @@ def test_stage_replicas_gauge_reports_serves_own_counts(cluster):
     from serve.metrics import STAGE_DEPLOYMENTS, STAGES
 
     assert set(STAGE_DEPLOYMENTS) == set(STAGES)
-    assert set(STAGE_DEPLOYMENTS.values()) == set(DEFAULT_DEPLOYMENT_OPTIONS) - {"VideoAPI"}
+    # Pipeline is the colocated layout's replica of every model stage; this app is disaggregated.
+    assert set(STAGE_DEPLOYMENTS.values()) == set(DEFAULT_DEPLOYMENT_OPTIONS) - {"VideoAPI", "Pipeline"}
     replicas = "videoserve_stage_replicas"
     # The image-to-video app pins every stage to two replicas; its ingress reads that from Serve.
     i2v = metric_samples(cluster.url("i2v"))
@@ -427,6 +433,53 @@ def test_generate_cli_against_the_server(cluster, tmp_path):
     assert "seed 5" in result.stdout and "step 2/2" in result.stderr
     with av.open(str(output)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 9
+
+
+@pytest.mark.parametrize("deployment", ["Denoiser", "VideoAPI"])
+def test_a_replica_killed_mid_job_loses_no_job_and_ends_none_twice(cluster, deployment):
+    """ray.kill of the replica a running image-to-video job is on (the Denoiser, or the ingress
+    that runs its job runner): the job still completes, once (one end-of-job event), with
+    its webhook. The full table over every stage is benchmarks.fault_injection's."""
+    import ray
+
+    from serve.jobs.open_store import open_job_store
+    from tests.support.images import image_bytes
+    from tests.support.webhook_receiver import WebhookReceiver
+
+    receiver = WebhookReceiver(WEBHOOK_SECRET)
+    store = open_job_store(cluster.config["applications"][1]["args"]["storage"]["job_store_url"])
+    base = cluster.url("i2v")
+    try:
+        created = httpx.post(f"{base}/v1/videos", timeout=30, files={
+            "input_reference": ("first.png", image_bytes(32, 32, seed={"Denoiser": 11, "VideoAPI": 12}[deployment]), "image/png")},
+            data={"prompt": f"survives losing its {deployment}", "size": "128x128", "num_frames": "33",
+                  "num_inference_steps": "100", "seed": "4", "webhook_url": receiver.url})
+        assert created.status_code == 200, created.text
+        video_id = created.json()["id"]
+        wait_for(lambda: httpx.get(f"{base}/v1/videos/{video_id}").json().get("stage") == "denoiser", timeout=120,
+                 interval=0.02)
+        replicas = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                    if actor["name"].startswith(f"SERVE_REPLICA::i2v#{deployment}")]
+        for name in replicas:  # every replica: the job's is among them, wherever it was routed
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        def ended():
+            try:  # while Serve replaces a killed ingress, a request may hang or be refused
+                video = httpx.get(f"{base}/v1/videos/{video_id}", timeout=10)
+            except httpx.TransportError:
+                return None
+            return video.status_code == 200 and video.json()["status"] in ("completed", "failed") and video.json()
+
+        finished = wait_for(ended, timeout=300, interval=0.5)
+        assert finished["status"] == "completed", finished
+        # The record's outbox holds the job's one ending; it is delivered, and nothing else was.
+        outbox = wait_for(lambda: (o := store.get(video_id).webhook_outbox) and o.state == "delivered" and o,
+                          timeout=60)
+        events = {(d.payload["type"], d.headers["webhook-id"]) for d in receiver.deliveries if d.payload}
+        assert events == {("video.completed", outbox.message_id)}
+        assert store.get(video_id).attempts >= (2 if deployment == "VideoAPI" else 1)
+    finally:
+        receiver.close()
+        store.close()
 
 
 def test_a_job_accepted_before_a_full_restart_completes_after_it(cluster):

@@ -37,7 +37,7 @@ def failing_app(ray_cluster, serve_port, preset_specs, tmp_path_factory):
             return await super().encode(request)
 
     preset_specs["tiny"]
-    args = {"models": ["tiny"], "cache_dir": str(preset_specs.cache), "device": "cpu",
+    args = {"models": ["tiny"], "cache_dir": str(preset_specs.cache), "device": "cpu", "layout": "disaggregated",
             "storage": {"state_dir": str(tmp_path_factory.mktemp("failing-state"))},
             "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0, "max_attempts": 2},
             "api": {"poll_after_ms": 100}}

@@ -5,7 +5,7 @@ runs the engine with staggered arrivals, mixed sizes (one uneven over the ranks)
 counts and guidance scales; the others mirror it through step messages. Both parallel
 modes, text- and image-to-video; on 2 ranks also Wan 2.2 A14B's two experts (both split,
 requests crossing the boundary at different steps) and TI2V's per-token timesteps with
-text- and image-to-video requests in one gang.
+text- and image-to-video requests in one gang. One request caches steps (engine/step_cache).
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def test_parallel_engine_matches_one_rank(world_size, models, preset_specs, pres
         assert all(step_bytes > 0 for step_bytes in result["step_bytes"]), case
         if "moe" in case:  # both experts ran, each split over the ranks
             assert result["experts_used"] == [0, 1], case
+        # r0 caches steps: every rank of the gang made the same decisions, the ones one rank makes.
+        assert result["reused_steps"] == result["reused_steps_alone"], case
+        if "moe" not in case:  # (4 steps: on a two-expert model its reusable step falls on the switch)
+            assert result["reused_steps"]["r0"] > 0, case
 
 
 def test_requests_started_while_steps_run_reach_every_rank_of_a_gang(preset_specs, preset_cache, tmp_path):

@@ -49,14 +49,16 @@ def _requests(spec, image: bytes | None):
                "num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
         if image is not None and (spec.needs_image or index % 2):
             raw["image"] = image
+        if index == 0:  # step caching composes with both modes: the same steps reused as on one rank
+            raw["step_cache"] = {"threshold": 1.0}
         requests.append(validate_generation(raw, spec, request_id=f"r{index}"))
     return requests
 
 
-def _run_engine(executor, tasks) -> tuple[dict[str, torch.Tensor], list[int], list[int]]:
+def _run_engine(executor, tasks) -> tuple[dict[str, torch.Tensor], list[int], list[int], dict[str, int | None]]:
     engine = DenoiseEngine(executor, SchedulerConfig(max_batch_size=4))
     pending = sorted(((arrival[-1], task) for arrival, task in zip(REQUESTS, tasks)), key=lambda pair: pair[0])
-    results, batch_sizes, step_bytes, step = {}, [], [], 0
+    results, batch_sizes, step_bytes, step, reused = {}, [], [], 0, {}
     while pending or engine.has_unfinished():
         while pending and pending[0][0] <= step:
             engine.add_request(pending.pop(0)[1])
@@ -66,8 +68,9 @@ def _run_engine(executor, tasks) -> tuple[dict[str, torch.Tensor], list[int], li
             batch_sizes.append(step_events[0].batch_size)
             step_bytes.append(step_events[0].communication.total_bytes)
         results.update({e.request_id: e.latents.latents for e in events if isinstance(e, FinishedEvent)})
+        reused.update({e.request_id: e.latents.reused_steps for e in events if isinstance(e, FinishedEvent)})
         step += 1
-    return results, batch_sizes, step_bytes
+    return results, batch_sizes, step_bytes, reused
 
 
 def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, models: str) -> None:
@@ -82,7 +85,8 @@ def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, mod
             pipeline = StagedPipeline.load(spec)
             image = image_bytes(40, 40) if spec.is_image_to_video else None
             tasks = [pipeline.denoise_task(request) for request in _requests(spec, image)]
-            alone = {task.request_id: pipeline.denoiser.denoise(task).latents for task in tasks}
+            alone_runs = {task.request_id: pipeline.denoiser.denoise(task) for task in tasks}
+            alone = {request_id: run.latents for request_id, run in alone_runs.items()}
         for mode in ("tensor", "sequence"):
             denoiser = load_denoiser(spec)
             log = CommunicationLog()
@@ -91,7 +95,7 @@ def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, mod
                 run_rank_mirror(RankMirror(denoiser))
                 continue
             peers = CollectivePeers()
-            results, batch_sizes, step_bytes = _run_engine(RankGroupExecutor(denoiser, peers, log), tasks)
+            results, batch_sizes, step_bytes, reused = _run_engine(RankGroupExecutor(denoiser, peers, log), tasks)
             peers.close()
             latent_diff = max((results[rid] - alone[rid]).abs().max().item() for rid in alone)
             frame_diff = max(
@@ -101,7 +105,9 @@ def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, mod
             )
             report[f"{model}/{mode}"] = {"finished": sorted(results), "latent_max_abs_diff": latent_diff,
                                          "frame_max_abs_diff": frame_diff, "batch_sizes": batch_sizes,
-                                         "step_bytes": step_bytes,
+                                         "step_bytes": step_bytes, "reused_steps": reused,
+                                         "reused_steps_alone": {rid: run.reused_steps
+                                                                for rid, run in alone_runs.items()},
                                          "experts_used": sorted({e for task in tasks
                                                                  for e in denoiser.start(task).experts})}
     if rank == 0:

@@ -63,6 +63,8 @@ def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dic
     common = {
         "cache_dir": str(preset_cache),
         "device": "cpu",
+        # Per-stage deployments (replica counts, kills, caches across stages) are what these apps test.
+        "layout": "disaggregated",
         "jobs": {"lease_seconds": 3.0, "poll_interval_seconds": 0.05, "max_queued": 64},
         "api": {"poll_after_ms": 100, "max_request_bytes": 256 * 1024},
         "webhooks": {"secret": WEBHOOK_SECRET, "initial_backoff_seconds": 0.05, "allow_private_targets": True},

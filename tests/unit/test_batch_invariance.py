@@ -1,5 +1,8 @@
 """A request's output does not depend on whether, when, or with whom it was batched.
 
+Half the requests cache steps (engine/step_cache): a cached request's rows skip the later
+blocks on their own schedule inside steps they share with uncached rows.
+
 Randomized: requests of mixed sizes, step counts, guidance scales, shifts and seeds
 arrive at random engine steps; each one's latents and frames are compared with the same
 request run alone through the whole-request path. For every family: Wan 2.1, Wan 2.2
@@ -43,6 +46,12 @@ def _random_request(rng: random.Random, spec, index: int):
         raw["image"] = image_bytes(48, 40, seed=index % 2)
     if rng.random() < 0.5:
         raw["negative_prompt"] = rng.choice(["", "blurry"])
+    # Every other request caches steps (its own draw, so the others' draws stay as they were):
+    # cached and uncached rows share forwards, and each still gets what it gets alone.
+    cache_draw = random.Random(index)
+    if cache_draw.random() < 0.5:
+        raw["step_cache"] = {"policy": cache_draw.choice(["first_block", "taylorseer"]),
+                             "threshold": cache_draw.choice([0.05, 0.3])}
     return validate_generation(raw, spec, request_id=f"r{index}")
 
 

@@ -41,6 +41,8 @@ def test_generate_mp4_with_progress(preset_cache, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"Saved {output}" in result.stdout and "seed 3" in result.stdout
     assert "step 3/3" in result.stderr and "it/s" in result.stderr and "ETA" in result.stderr
+    # No --model: the shipped toy model, which says the prompt is outside its grammar (and still generates).
+    assert "Loaded toy" in result.stderr and "only knows its grammar" in " ".join(result.stderr.split())
     with av.open(str(output)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 48, 32)
@@ -52,7 +54,7 @@ def test_generate_npy_equals_the_in_process_pipeline(preset_cache, tiny_pipeline
     output = tmp_path / "frames.npy"
     args = {"prompt": "a bird flies over the sea", "seed": 17, "num_inference_steps": 2, "guidance_scale": 4.0}
     result = _videoserve(
-        "generate", "--prompt", args["prompt"], "--seed", "17", "--steps", "2", "--guidance", "4.0",
+        "generate", "--model", "tiny", "--prompt", args["prompt"], "--seed", "17", "--steps", "2", "--guidance", "4.0",
         "-o", str(output), cache=preset_cache,
     )
     assert result.returncode == 0, result.stderr
@@ -146,7 +148,7 @@ def test_model_specific_bad_input_exits_2_naming_the_field(preset_specs, tmp_pat
         (["--steps", "0"], "num_inference_steps: must be between 1 and 100"),
         (["--size", "big"], "WIDTHxHEIGHT"),
         (["--model", "no-such-model"], "neither a preset"),
-        (["--image", "{png}"], "image: is not accepted"),
+        (["--model", "tiny", "--image", "{png}"], "image: is not accepted"),
         (["--image", "pyproject.toml"], "image: is not a decodable image"),
         (["--image", "missing.png"], "No such file"),
         (["-o", "video.gif"], "must end in .mp4 or .npy"),
@@ -170,7 +172,7 @@ def test_bad_input_exits_2_naming_the_problem(preset_cache, tmp_path, args, mess
 def test_models_lists_every_preset(preset_cache):
     result = _videoserve("models", cache=preset_cache)
     assert result.returncode == 0
-    for name in ("tiny", "tiny-i2v", "bench", "tiny-wan22-moe", "tiny-wan22-moe-i2v", "tiny-wan22-ti2v", "tiny-ltx",
+    for name in ("toy", "tiny", "tiny-i2v", "bench", "tiny-wan22-moe", "tiny-wan22-moe-i2v", "tiny-wan22-ti2v", "tiny-ltx",
                  "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
                  "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "ltx-video", "ltx-video-0.9.5"):
         assert name in result.stdout.split()

@@ -190,7 +190,7 @@ def test_local_image_to_video_directory_needs_the_flag(tmp_path):
     directory = str(_image_to_video_directory(tmp_path))
     without = render(set_values={"serve.args.models": [directory]})
     flagged = render(set_values={"serve.args.models": [directory], "serve.imageToVideo": True})
-    python_names = deployment_names(AppConfig(models=[directory]))
+    python_names = deployment_names(AppConfig(models=[directory], layout="disaggregated"))  # the chart's default
     assert "ImageConditioner" in python_names
     assert [d["name"] for d in application(flagged)["deployments"]] == python_names
     assert "ImageConditioner" not in deployments(without)
@@ -253,6 +253,41 @@ def test_denoiser_bundles_follow_the_parallel_degree(degree, mode):
         assert bundles == expected["placement_group_bundles"]
         assert denoiser["placement_group_strategy"] == expected["placement_group_strategy"]
     validate_rayservice(rayservice_of(manifests))
+
+
+@pytest.mark.parametrize("parallel", [{"cfg": 2, "sequence": 1}, {"cfg": 2, "sequence": 2}], ids=["cfg2", "cfg2xsp2"])
+def test_cfg_parallel_bundles_agree_with_python(parallel):
+    parallel = {"tensor": 1, **parallel}
+    manifests = render(set_values={"serve": {"args": {"parallel": parallel}}})
+    degree = AppConfig.model_validate({"parallel": parallel}).parallel.degree
+    assert degree == 2 * parallel["sequence"]
+    denoiser = deployments(manifests)["Denoiser"]
+    unplaced = {key: value for key, value in denoiser.items()
+                if key not in ("name", "placement_group_bundles", "placement_group_strategy")}
+    expected = with_denoiser_placement(degree, unplaced)
+    assert denoiser["placement_group_bundles"] == expected["placement_group_bundles"]
+    assert len(denoiser["placement_group_bundles"]) == degree
+    assert denoiser["placement_group_strategy"] == expected["placement_group_strategy"] == "STRICT_PACK"
+    assert AppConfig.model_validate(application(manifests)["args"]).parallel.degree == degree
+    validate_rayservice(rayservice_of(manifests))
+
+
+@pytest.mark.parametrize("parallel,chart_message,python_message", [
+    ({"cfg": 2, "tensor": 2, "sequence": 1}, "serve.args.parallel: cfg 2 combines with sequence, not with tensor",
+     "parallel: cfg 2 combines with sequence, not with tensor"),
+    ({"cfg": 3, "sequence": 1}, "/serve/args/parallel/cfg': maximum: got 3, want 2",
+     "parallel.cfg\n  Input should be less than or equal to 2"),
+])
+def test_parallel_layouts_python_refuses_the_chart_refuses(parallel, chart_message, python_message):
+    with pytest.raises(ChartRenderError, match=re.escape(chart_message)):
+        render(set_values={"serve": {"args": {"parallel": parallel}}})
+    with pytest.raises(ValueError, match=re.escape(python_message)):
+        AppConfig.model_validate({"parallel": parallel})
+
+
+def test_a_cfg_gang_larger_than_a_dit_pod_is_refused():
+    with pytest.raises(ChartRenderError, match=re.escape("the Denoiser needs 8 GPUs on one pod (parallel degree 8")):
+        render(set_values={"serve": {"args": {"parallel": {"cfg": 2, "sequence": 4}}}})
 
 
 def test_too_few_gpus_on_a_dit_pod_is_refused():

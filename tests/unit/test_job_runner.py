@@ -50,6 +50,19 @@ def _service(tmp_path, spec, **jobs):
     return config, store, metrics, artifacts
 
 
+def _run_until_failed(runner: JobRunner, store, job_id: str = "video_poisoned") -> None:
+    """Run ``runner`` until ``job_id`` has ended failed (a minute at most), then stop it."""
+    async def run_until_final():
+        runner.start()
+        try:
+            while store.get(job_id).status is not JobStatus.FAILED:
+                await asyncio.sleep(0.02)
+        finally:
+            await runner.stop()
+
+    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+
+
 def _queued_job(spec, store, job_id="video_poisoned"):
     now = time.time()
     engine = {"prompt": "a", "negative_prompt": "", "width": 32, "height": 32, "num_frames": 5,
@@ -183,7 +196,10 @@ class _SteppingDenoiser:
         return self
 
     def remote(self, *args):
+        import torch
+
         from engine.batching.async_denoise_engine import DenoiseDone, DenoiseProgress
+        from engine.stage_types import Latents
 
         outer = self
 
@@ -195,7 +211,7 @@ class _SteppingDenoiser:
                 for step in range(1, outer.steps + 1):
                     outer.clock.now += outer.step_seconds
                     yield DenoiseProgress(step, outer.steps, outer.step_seconds, 1)
-                yield DenoiseDone("latents")
+                yield DenoiseDone(Latents(request_id="stand-in", latents=torch.zeros(1)))
 
         return Stream().__aiter__()
 
@@ -281,15 +297,7 @@ def test_a_stage_past_its_deadline_fails_the_attempt_with_stage_timeout(tmp_path
                            vae_decoder=None, post_processor=None)
     runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics)
 
-    async def run_until_final():
-        runner.start()
-        try:
-            while store.get("video_poisoned").status is not JobStatus.FAILED:
-                await asyncio.sleep(0.02)
-        finally:
-            await runner.stop()
-
-    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    _run_until_failed(runner, store)
     job = store.get("video_poisoned")
     assert job.error_code == "stage_timeout" and job.attempts == 2
     assert job.error_message == "the text_encoder stage did not finish within 0.2 s (attempt 2 of 2)"
@@ -390,15 +398,7 @@ def test_a_short_store_outage_costs_the_job_no_attempt(tmp_path, tiny_spec):
     runner = JobRunner(config, {tiny_spec.name: ModelRoute(tiny_spec, handles)}, store, artifacts, metrics)
     _CrashingStage.calls = 0
 
-    async def run_until_final():
-        runner.start()
-        try:
-            while real_store.get("video_poisoned").status is not JobStatus.FAILED:
-                await asyncio.sleep(0.02)
-        finally:
-            await runner.stop()
-
-    asyncio.run(asyncio.wait_for(run_until_final(), timeout=60))
+    _run_until_failed(runner, real_store)
     job = real_store.get("video_poisoned")
     assert store.failing_updates == 0  # the outage happened, and the writes went through after it
     assert _CrashingStage.calls == 1 and job.attempts == 1

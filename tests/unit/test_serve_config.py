@@ -40,9 +40,9 @@ def test_committed_config_validates_with_rays_own_schemas():
 
 
 def test_image_to_video_and_prompt_expansion_add_their_deployments():
-    config = AppConfig(models=["tiny-i2v"], prompt_expander={"model": "tiny-llm"})
+    config = AppConfig(models=["tiny-i2v"], prompt_expander={"model": "tiny-llm"}, layout="disaggregated")
     names = {d["name"] for d in default_serve_config(config)["applications"][0]["deployments"]}
-    assert names == set(DEFAULT_DEPLOYMENT_OPTIONS)
+    assert names == set(DEFAULT_DEPLOYMENT_OPTIONS) - {"Pipeline"}
 
 
 def test_flags_override_the_file(tmp_path):
@@ -97,13 +97,63 @@ def test_parallel_degree_gives_the_denoiser_one_packed_bundle_per_rank(degree):
 
 
 def test_one_rank_has_no_placement_group():
-    denoiser = {d["name"]: d for d in default_serve_config()["applications"][0]["deployments"]}["Denoiser"]
+    config = default_serve_config(AppConfig(layout="disaggregated"))
+    denoiser = {d["name"]: d for d in config["applications"][0]["deployments"]}["Denoiser"]
     assert "placement_group_bundles" not in denoiser
 
 
 def test_tensor_and_sequence_parallel_together_are_refused():
     with pytest.raises(ValidationError, match="tensor or sequence"):
         AppConfig(parallel={"tensor": 2, "sequence": 2})
+
+
+@pytest.mark.parametrize("parallel,degree,mode", [
+    ({"cfg": 2}, 2, "cfg"),
+    ({"cfg": 2, "sequence": 2}, 4, "cfg+sequence"),
+    ({"cfg": 2, "sequence": 4}, 8, "cfg+sequence"),
+    ({"cfg": 1, "tensor": 4}, 4, "tensor"),
+])
+def test_cfg_parallel_multiplies_the_degree_and_the_bundles(parallel, degree, mode):
+    config = AppConfig(parallel=parallel)
+    assert (config.parallel.degree, config.parallel.mode) == (degree, mode)
+    assert config.parallel.modes == {name: value for name, value in parallel.items() if value > 1}
+    denoiser = {d["name"]: d for d in default_serve_config(config)["applications"][0]["deployments"]}["Denoiser"]
+    assert len(denoiser["placement_group_bundles"]) == degree
+    assert denoiser["placement_group_strategy"] == "STRICT_PACK"
+
+
+@pytest.mark.parametrize("parallel,field,message", [
+    ({"cfg": 3}, "parallel.cfg", "less than or equal to 2"),
+    ({"cfg": 0}, "parallel.cfg", "greater than or equal to 1"),
+    ({"cfg": 2, "tensor": 2}, "parallel", "cfg 2 combines with sequence, not with tensor"),
+    ({"cfg": 2, "tensor": 2, "sequence": 2}, "parallel", "tensor or sequence above 1, not both"),
+])
+def test_parallel_layouts_no_gang_can_run_are_refused_naming_the_field(parallel, field, message):
+    with pytest.raises(ValidationError, match=message) as refused:
+        AppConfig(parallel=parallel)
+    assert [".".join(map(str, error["loc"])) for error in refused.value.errors()] == [field]
+
+
+def test_builder_checks_each_mode_of_a_combination(preset_cache, preset_specs):
+    from serve.app_builder import build_app
+
+    for model in ("tiny", "tiny-ltx"):  # built here once
+        preset_specs[model]
+    # Ulysses inside each cfg index splits tiny's 4 heads over its own 8 ranks: refused.
+    with pytest.raises(ValueError, match=r"num_attention_heads=4 .*N=8"):
+        build_app({"models": ["tiny"], "cache_dir": str(preset_cache), "parallel": {"cfg": 2, "sequence": 8}})
+    # CFG parallelism leaves the DiT whole, so LTX takes it, but not Ulysses with it.
+    build_app({"models": ["tiny-ltx"], "cache_dir": str(preset_cache), "parallel": {"cfg": 2}})
+    with pytest.raises(ValueError, match="parallel.sequence: tiny-ltx is a ltx model"):
+        build_app({"models": ["tiny-ltx"], "cache_dir": str(preset_cache), "parallel": {"cfg": 2, "sequence": 2}})
+
+
+def test_up_takes_cfg_parallel_with_sequence_parallel():
+    result = CliRunner().invoke(app, ["up", "--compile", "--cfg-parallel", "2", "--sequence-parallel", "2"])
+    assert result.exit_code == 2
+    assert "denoiser.compile" in result.output and "parallel.cfg+sequence is 4" in result.output
+    result = CliRunner().invoke(app, ["up", "--cfg-parallel", "3"])
+    assert result.exit_code == 2 and "--cfg-parallel" in result.output
 
 
 def test_gpu_bundles_follow_the_replicas_actor_options():
@@ -133,7 +183,7 @@ def test_denoiser_bundles_that_disagree_with_the_degree_are_refused(options, mes
 
 
 def test_config_file_with_wrong_bundle_count_is_refused_by_up(tmp_path):
-    data = yaml.safe_load(DEPLOY_FILE.read_text())
+    data = default_serve_config(AppConfig(layout="disaggregated"))  # a gang needs the Denoiser deployment
     data["applications"][0]["args"] = {"parallel": {"tensor": 2}}
     for deployment in data["applications"][0]["deployments"]:
         if deployment["name"] == "Denoiser":
@@ -177,7 +227,8 @@ def test_several_models_with_one_name_are_refused_naming_it():
 
 
 def test_config_render_lists_each_models_stages(preset_cache):
-    rendered = CliRunner().invoke(app, ["config", "render", "--model", "tiny", "--model", "tiny-ltx"],
+    rendered = CliRunner().invoke(app, ["config", "render", "--model", "tiny", "--model", "tiny-ltx",
+                                        "--layout", "disaggregated"],
                                   env={"VIDEOSERVE_CACHE_DIR": str(preset_cache)})
     assert rendered.exit_code == 0, rendered.output
     data = yaml.safe_load(rendered.stdout)

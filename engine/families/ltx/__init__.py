@@ -41,6 +41,7 @@ LTX_FAMILY = ModelFamily(
     image_conditioner=_image_conditioner,
     denoiser=_denoiser,
     vae_decoder=_vae_decoder,
-    # Its transformer blocks are not Wan's: the tensor and Ulysses splits in engine/parallel do not apply.
-    parallel_modes=(),
+    # Its transformer blocks are not Wan's: the tensor and Ulysses splits in engine/parallel do not
+    # apply. CFG parallelism shares out a step's rows and leaves the DiT as it is.
+    parallel_modes=("cfg",),
 )

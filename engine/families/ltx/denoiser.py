@@ -23,6 +23,8 @@ from engine.stages.denoiser import BatchedDenoiser, DenoiseState
 
 
 class LTXDenoiser(BatchedDenoiser):
+    blocks_attribute = "transformer_blocks"
+
     def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False):
         from diffusers import FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
@@ -125,8 +127,10 @@ class LTXDenoiser(BatchedDenoiser):
 
     def _batch_key_extra(self, task: DenoiseTask) -> Hashable:
         # The rotary scale depends on the frame rate, and text-to-video rows take one
-        # timestep where image-to-video rows take one per token.
-        return ("fps", task.fps, "image", task.image is not None)
+        # timestep where image-to-video rows take one per token. Packed latents of different
+        # videos can have one shape (32x32x9 and 96x32x1 both pack to 192 tokens), but the
+        # rotary grid is the video's: the size is part of the key.
+        return ("fps", task.fps, "image", task.image is not None, "video_size", task.video_size)
 
     # -- shapes --------------------------------------------------------------------------
 

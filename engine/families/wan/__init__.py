@@ -47,6 +47,6 @@ WAN_FAMILY = ModelFamily(
     image_conditioner=_image_conditioner,
     denoiser=_denoiser,
     vae_decoder=_vae_decoder,
-    parallel_modes=("tensor", "sequence"),
+    parallel_modes=("tensor", "sequence", "cfg"),
     image_embed_tokens=_image_embed_tokens,
 )

@@ -1,6 +1,7 @@
 {{/*
-The Denoiser's placement-group bundles, derived from the parallel degree exactly as
-serve/denoiser_placement.py derives them (tests/test_helm_chart.py checks the two agree):
+The Denoiser's parallel degree and placement-group bundles, derived exactly as
+serve/app_config.py (ParallelConfig) and serve/denoiser_placement.py derive them
+(tests/test_helm_chart.py checks the two agree):
 
 - one bundle per rank, each holding what the replica actor itself asks for (CPU num_cpus,
   default 1; GPU num_gpus when non-zero; plus its custom resources), packed on one node
@@ -9,6 +10,28 @@ serve/denoiser_placement.py derives them (tests/test_helm_chart.py checks the tw
   the degree: one per rank, STRICT_PACK above one rank, the first holding the replica's
   own resources, and the same GPU count in every one.
 */}}
+
+{{/*
+The parallel degree of a Denoiser replica, as ParallelConfig.degree computes it
+(engine/parallel/parallel_layout.py): cfg x max(tensor, sequence), with tensor and
+sequence not both above 1 and cfg 2 combined with sequence only.
+*/}}
+{{- define "videoserve.parallelDegree" -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- $tensor := int (dig "parallel" "tensor" 1 $args) -}}
+{{- $sequence := int (dig "parallel" "sequence" 1 $args) -}}
+{{- $cfg := int (dig "parallel" "cfg" 1 $args) -}}
+{{- if and (gt $tensor 1) (gt $sequence 1) -}}
+  {{- fail "serve.args.parallel: set tensor or sequence above 1, not both" -}}
+{{- end -}}
+{{- if not (has $cfg (list 1 2)) -}}
+  {{- fail (printf "serve.args.parallel.cfg must be 1 or 2 (one conditional and one unconditional side), not %d" $cfg) -}}
+{{- end -}}
+{{- if and (gt $cfg 1) (gt $tensor 1) -}}
+  {{- fail "serve.args.parallel: cfg 2 combines with sequence, not with tensor; set tensor to 1 (and use sequence) or cfg to 1" -}}
+{{- end -}}
+{{- mul $cfg (max $tensor $sequence) -}}
+{{- end -}}
 
 {{/* rank_bundle(ray_actor_options) as JSON. */}}
 {{- define "videoserve.rankBundle" -}}

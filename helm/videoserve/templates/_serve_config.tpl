@@ -74,13 +74,36 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- toJson $sources -}}
 {{- end -}}
 
+{{/* The app's layout: colocated or disaggregated, always explicit here. `auto` would be decided
+where the app is built, the head pod, which has no GPU: the chart refuses it. */}}
+{{- define "videoserve.layout" -}}
+{{- $args := include "videoserve.appArgs" . | fromJson -}}
+{{- $layout := index $args "layout" | default "auto" -}}
+{{- if not (has $layout (list "colocated" "disaggregated")) -}}
+  {{- fail (printf "serve.args.layout must be colocated or disaggregated in the chart (got %s): auto would be decided on the head pod, which has no GPU" $layout) -}}
+{{- end -}}
+{{- $layout -}}
+{{- end -}}
+
+{{/* The model-stage kinds of the app's layout: one Pipeline per model (colocated), or one per stage. */}}
+{{- define "videoserve.modelStageKinds" -}}
+{{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
+{{- if eq (include "videoserve.layout" .) "colocated" -}}
+  {{- toJson $defaults.colocated_stage_kinds -}}
+{{- else -}}
+  {{- toJson $defaults.model_stage_kinds -}}
+{{- end -}}
+{{- end -}}
+
 {{/* deployment_names(AppConfig(args)), as a JSON list. */}}
 {{- define "videoserve.deploymentNames" -}}
 {{- $defaults := .Files.Get "files/serve-defaults.yaml" | fromYaml -}}
 {{- $args := include "videoserve.appArgs" . | fromJson -}}
 {{- $sources := include "videoserve.modelSources" . | fromJsonArray -}}
 {{- $names := $defaults.app_deployments_before -}}
-{{- if eq (len $sources) 1 -}}
+{{- if and (eq (len $sources) 1) (eq (include "videoserve.layout" .) "colocated") -}}
+  {{- $names = concat $names $defaults.colocated_stage_kinds -}}
+{{- else if eq (len $sources) 1 -}}
   {{- $model := first $sources -}}
   {{- $imageToVideo := false -}}
   {{- if hasKey $defaults.preset_tasks $model -}}
@@ -100,17 +123,6 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- $names = concat $names $defaults.app_deployments_after -}}
 {{- if dig "prompt_expander" "model" "" $args -}}{{- $names = concat $names $defaults.prompt_expander_deployments -}}{{- end -}}
 {{- toJson $names -}}
-{{- end -}}
-
-{{/* The parallel degree of a Denoiser replica: max(tensor, sequence), at most one above 1. */}}
-{{- define "videoserve.parallelDegree" -}}
-{{- $args := include "videoserve.appArgs" . | fromJson -}}
-{{- $tensor := int (dig "parallel" "tensor" 1 $args) -}}
-{{- $sequence := int (dig "parallel" "sequence" 1 $args) -}}
-{{- if and (gt $tensor 1) (gt $sequence 1) -}}
-  {{- fail "serve.args.parallel: set tensor or sequence above 1, not both" -}}
-{{- end -}}
-{{- max $tensor $sequence -}}
 {{- end -}}
 
 {{/* One deployment's Serve options. Args: dict "root" "name" "degree" "defaults". */}}
@@ -138,7 +150,7 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- if gt (float64 (index $actor "num_gpus" | default 0)) $podGpus -}}
   {{- fail (printf "serve.deployments.%s asks for num_gpus %v but a %s pod has %v GPUs" $name (index $actor "num_gpus") $group $podGpus) -}}
 {{- end -}}
-{{- if eq $name "Denoiser" -}}
+{{- if has $name (list "Denoiser" "Pipeline") -}}
   {{- $options = include "videoserve.denoiserPlacement" (dict "degree" .degree "options" $options "strategy" .defaults.denoiser_placement_strategy) | fromJson -}}
   {{- $replicaGpus := include "videoserve.replicaGpus" $options | float64 -}}
   {{- if gt $replicaGpus $podGpus -}}
@@ -161,7 +173,7 @@ merge functions skip zero values, so `num_gpus: 0` could not override otherwise)
 {{- $args := include "videoserve.appArgs" . | fromJson -}}
 {{- if gt (len (include "videoserve.modelSources" . | fromJsonArray)) 1 -}}
   {{- $stageOptions := dict -}}
-  {{- range $kind := $defaults.model_stage_kinds -}}
+  {{- range $kind := include "videoserve.modelStageKinds" . | fromJsonArray -}}
     {{- $options := include "videoserve.deploymentOptions" (dict "root" $ "name" $kind "degree" $degree "defaults" $defaults) | fromJson -}}
     {{- $_ := unset $options "name" -}}
     {{- $_ := set $stageOptions $kind $options -}}
