@@ -72,10 +72,10 @@ class _Abort:
 @dataclass(frozen=True)
 class _Call:
     """Other model work (encode a prompt, decode a video) run on the step thread between two steps;
-    ``settle(value, error)`` hands the outcome back to whoever waits for it."""
+    its outcome goes to ``result``, which the caller waits on (or cancels: then it never runs)."""
 
     function: Callable[[], Any]
-    settle: Callable[[Any, BaseException | None], None]
+    result: concurrent.futures.Future
 
 
 _STOP = object()
@@ -147,44 +147,19 @@ class AsyncDenoiseEngine:
         its text encoding, image conditioning and VAE decoding here, so they take turns
         with the DiT's steps instead of competing with them for the device.
         """
-        loop = asyncio.get_running_loop()
-        result = loop.create_future()
-
-        def settle(value: Any, error: BaseException | None) -> None:
-            def on_loop() -> None:
-                if result.done():  # the caller was cancelled meanwhile
-                    return
-                if error is not None:
-                    result.set_exception(error)
-                else:
-                    result.set_result(value)
-
-            try:
-                loop.call_soon_threadsafe(on_loop)
-            except RuntimeError:  # the caller's event loop has closed
-                pass
-
-        self._queue_call(_Call(functools.partial(function, *args), settle))
-        return await result
+        return await asyncio.wrap_future(self._submit(function, *args))
 
     def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         """``run`` for a caller without an event loop to await on (start-up work)."""
+        return self._submit(function, *args).result()
+
+    def _submit(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         result: concurrent.futures.Future = concurrent.futures.Future()
-
-        def settle(value: Any, error: BaseException | None) -> None:
-            if error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(value)
-
-        self._queue_call(_Call(functools.partial(function, *args), settle))
-        return result.result()
-
-    def _queue_call(self, call: _Call) -> None:
         with self._intake:
             if self._stopped:
                 raise RuntimeError("the denoise engine shut down")
-            self._inbox.put(call)
+            self._inbox.put(_Call(functools.partial(function, *args), result))
+        return result
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the step thread after the step in flight; requests still held are dropped."""
@@ -263,21 +238,19 @@ class AsyncDenoiseEngine:
                 break
         for command in unapplied:
             if isinstance(command, _Call):
-                _call(_Call(_engine_shut_down, command.settle))
+                if command.result.set_running_or_notify_cancel():
+                    command.result.set_exception(RuntimeError("the denoise engine shut down before this ran"))
             elif isinstance(command, _Add):
                 _post(command, DroppedEvent(command.task.request_id, "aborted: the engine shut down"))
 
 
-def _engine_shut_down() -> None:
-    raise RuntimeError("the denoise engine shut down before this ran")
-
-
 def _call(command: _Call) -> None:
+    if not command.result.set_running_or_notify_cancel():  # its caller gave up waiting
+        return
     try:
-        value, error = command.function(), None
+        command.result.set_result(command.function())
     except Exception as raised:  # the caller gets it; the step thread goes on
-        value, error = None, raised
-    command.settle(value, error)
+        command.result.set_exception(raised)
 
 
 def _post(stream: _Add, event: EngineEvent) -> None:

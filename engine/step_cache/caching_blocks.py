@@ -87,24 +87,32 @@ class StepCachingBlocks(torch.nn.ModuleList):
 
     def _run_other_blocks(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         batch = hidden_states.shape[0]
-        running = [index for index in range(batch) if index not in set(self._skipping)]
+        skipping = set(self._skipping)
+        running = [index for index in range(batch) if index not in skipping]
+        if not skipping:  # every row recomputes: the blocks' own output, no copy
+            return self._run_rows(running, batch, hidden_states, args, kwargs)
         output = hidden_states.clone()
         if running:
-            subset = _rows_of(running, batch)
-            states = hidden_states if len(running) == batch else hidden_states[running]
-            block_args = [subset(value) for value in args]
-            block_kwargs = {name: subset(value) for name, value in kwargs.items()}
-            for block in list(super().__iter__())[1:]:
-                states = block(states, *block_args, **block_kwargs)
-            output[running] = states
-            for position, index in enumerate(running):
-                row = self._rows[index]
-                if row.cache is not None:
-                    row.cache.store(row.step, row.expert, self._first_residuals[index],
-                                    states[position] - hidden_states[index])
+            output[running] = self._run_rows(running, batch, hidden_states, args, kwargs)
         for index in self._skipping:
             output[index] = hidden_states[index] + self._rows[index].cache.estimate(self._rows[index].step)
         return output
+
+    def _run_rows(self, running: list[int], batch: int, hidden_states: torch.Tensor, args: tuple,
+                  kwargs: dict[str, Any]) -> torch.Tensor:
+        """The blocks after the first on the ``running`` rows; each caching row stores what they added."""
+        subset = _rows_of(running, batch)
+        states = hidden_states if len(running) == batch else hidden_states[running]
+        block_args = [subset(value) for value in args]
+        block_kwargs = {name: subset(value) for name, value in kwargs.items()}
+        for block in list(super().__iter__())[1:]:
+            states = block(states, *block_args, **block_kwargs)
+        for position, index in enumerate(running):
+            row = self._rows[index]
+            if row.cache is not None:
+                row.cache.store(row.step, row.expert, self._first_residuals[index],
+                                states[position] - hidden_states[index])
+        return states
 
 
 def _rows_of(rows: list[int], batch: int):

@@ -20,6 +20,7 @@ from engine.models.model_spec import Task
 from engine.request_validation import validate_generation
 from tests.support.diffusers_reference import diffusers_pipeline, reference
 from tests.support.images import image_bytes
+from tests.support.serving_cluster import deploy_models_app
 
 pytestmark = pytest.mark.timeout(600)
 APP = "colocated"
@@ -38,26 +39,8 @@ PROMPT = "a red car at night"
 
 @pytest.fixture(scope="module")
 def colocated_app(ray_cluster, serve_port, preset_specs, tmp_path_factory):
-    from serve.app_config import AppConfig
-    from serve.cluster_launcher import default_serve_config, deploy
-
-    for model in MODELS:
-        preset_specs[model]
-    args = AppConfig.model_validate({
-        "models": MODELS, "cache_dir": str(preset_specs.cache), "device": "cpu", "layout": "colocated",
-        "storage": {"state_dir": str(tmp_path_factory.mktemp("colocated-state"))},
-        "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0},
-        "api": {"poll_after_ms": 100},
-    })
-    config = default_serve_config(args, port=serve_port)
-    app = config["applications"][0]
-    app["name"], app["route_prefix"] = APP, f"/{APP}"
-    for deployment in app["deployments"]:
-        if deployment["name"] != "VideoAPI":
-            deployment["autoscaling_config"] = None
-            deployment["num_replicas"] = 1
-    deploy(config, timeout_s=600)
-    yield f"http://127.0.0.1:{serve_port}/{APP}", [d["name"] for d in app["deployments"]]
+    yield deploy_models_app(APP, MODELS, "colocated", serve_port, preset_specs,
+                            tmp_path_factory.mktemp("colocated-state"))
     from ray import serve
 
     serve.delete(APP)

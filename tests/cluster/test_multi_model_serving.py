@@ -21,6 +21,7 @@ import pytest
 from engine.models.model_spec import Task
 from engine.request_validation import validate_generation
 from tests.support.images import image_bytes
+from tests.support.serving_cluster import deploy_models_app
 from tests.support.diffusers_reference import diffusers_pipeline, reference
 
 pytestmark = pytest.mark.timeout(600)
@@ -42,26 +43,8 @@ IMAGE = image_bytes(56, 40, seed=4)
 
 @pytest.fixture(scope="module")
 def multi_app(ray_cluster, serve_port, preset_specs, tmp_path_factory):
-    from serve.app_config import AppConfig
-    from serve.cluster_launcher import default_serve_config, deploy
-
-    for model in MODELS:  # built once here, not raced by the replicas
-        preset_specs[model]
-    args = AppConfig.model_validate({
-        "models": MODELS, "cache_dir": str(preset_specs.cache), "device": "cpu", "layout": "disaggregated",
-        "storage": {"state_dir": str(tmp_path_factory.mktemp("multi-state"))},
-        "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0},
-        "api": {"poll_after_ms": 100},
-    })
-    config = default_serve_config(args, port=serve_port)
-    app = config["applications"][0]
-    app["name"], app["route_prefix"] = APP, f"/{APP}"
-    for deployment in app["deployments"]:
-        if deployment["name"] != "VideoAPI":  # one replica each: 15 stage deployments on a small machine
-            deployment["autoscaling_config"] = None
-            deployment["num_replicas"] = 1
-    deploy(config, timeout_s=600)
-    return f"http://127.0.0.1:{serve_port}/{APP}", [d["name"] for d in app["deployments"]]
+    return deploy_models_app(APP, MODELS, "disaggregated", serve_port, preset_specs,
+                             tmp_path_factory.mktemp("multi-state"))
 
 
 def test_shared_weights_are_deployed_once_and_each_model_has_its_own_denoiser(multi_app):

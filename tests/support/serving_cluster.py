@@ -89,3 +89,29 @@ def cluster_config(port: int, preset_cache: Path, state_root: Path) -> tuple[dic
     t2v["applications"].append(i2v)
     assert set(DEFAULT_DEPLOYMENT_OPTIONS) >= {d["name"] for d in i2v["deployments"]}
     return t2v, state_dirs
+
+
+def deploy_models_app(name: str, models: list[str], layout: str, serve_port: int, preset_specs,
+                      state_dir: Path) -> tuple[str, list[str]]:
+    """An application ``name`` at ``/name`` serving ``models`` in ``layout``, one replica per model
+    stage (many deployments on a small machine); its URL and deployment names."""
+    from serve.app_config import AppConfig
+    from serve.cluster_launcher import default_serve_config, deploy
+
+    for model in models:  # built once here, not raced by the replicas
+        preset_specs[model]
+    args = AppConfig.model_validate({
+        "models": models, "cache_dir": str(preset_specs.cache), "device": "cpu", "layout": layout,
+        "storage": {"state_dir": str(state_dir)},
+        "jobs": {"poll_interval_seconds": 0.05, "lease_seconds": 5.0},
+        "api": {"poll_after_ms": 100},
+    })
+    config = default_serve_config(args, port=serve_port)
+    app = config["applications"][0]
+    app["name"], app["route_prefix"] = name, f"/{name}"
+    for deployment in app["deployments"]:
+        if deployment["name"] != "VideoAPI":
+            deployment["autoscaling_config"] = None
+            deployment["num_replicas"] = 1
+    deploy(config, timeout_s=600)
+    return f"http://127.0.0.1:{serve_port}/{name}", [d["name"] for d in app["deployments"]]
