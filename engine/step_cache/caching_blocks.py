@@ -48,6 +48,9 @@ class StepCachingBlocks(torch.nn.ModuleList):
         # rest is padding to a multiple of the ranks) given how many it holds.
         self.row_sum: RowSum | None = None
         self.real_tokens: Callable[[int], int] | None = None
+        # The rows the later blocks run on while they run on some only (None otherwise), for
+        # per-row state held outside the block arguments (the compact text attention's key bias).
+        self.running_rows: list[int] | None = None
 
     @contextlib.contextmanager
     def caching_rows(self, rows: Sequence[CachingRow]):
@@ -105,8 +108,12 @@ class StepCachingBlocks(torch.nn.ModuleList):
         states = hidden_states if len(running) == batch else hidden_states[running]
         block_args = [subset(value) for value in args]
         block_kwargs = {name: subset(value) for name, value in kwargs.items()}
-        for block in list(super().__iter__())[1:]:
-            states = block(states, *block_args, **block_kwargs)
+        self.running_rows = None if len(running) == batch else running
+        try:
+            for block in list(super().__iter__())[1:]:
+                states = block(states, *block_args, **block_kwargs)
+        finally:
+            self.running_rows = None
         for position, index in enumerate(running):
             row = self._rows[index]
             if row.cache is not None:

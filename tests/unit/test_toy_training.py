@@ -17,7 +17,7 @@ from training.toy_world.architecture import (
     build_tokenizer,
     build_transformer,
 )
-from training.toy_world.compact_text_attention import compact_text_batch, install, uninstall
+from engine.families.wan.compact_text_attention import compact_text_batch, install, uninstall
 from training.toy_world.prompt_embeddings import PromptEmbeddings
 
 SMALL = ToyArchitecture(num_layers=2, num_attention_heads=2, attention_head_dim=16, ffn_dim=64)

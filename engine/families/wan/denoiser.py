@@ -10,16 +10,19 @@ One request's row, as WanPipeline / WanImageToVideoPipeline build it:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from engine.families.wan.compact_text_attention import KEY_BIAS_INPUT, compact_padded_text, install
 from engine.initial_noise import initial_latents
 from engine.models.model_source import local_model_directory
 from engine.models.model_spec import ModelSpec
 from engine.stage_placement import StagePlacement
 from engine.stage_types import DenoiseTask, GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.denoiser import BatchedDenoiser, DenoiseState
+from engine.step_cache.caching_blocks import CachingRow
 
 EXPERT_FOLDERS = ("transformer", "transformer_2")
 
@@ -36,6 +39,16 @@ class WanDenoiser(BatchedDenoiser):
             for folder in folders
         ]
         super().__init__(spec, placement, transformers, compile_transformer)
+        # Cross-attention over each row's real text positions plus one for the padding: exact
+        # (engine/families/wan/compact_text_attention.py). Not where the cross-attention also
+        # holds image tokens (Wan 2.1 image-to-video: diffusers splits them off by the count of
+        # 512 text positions), not for a compiled forward (fixed shapes), and float32 only: in
+        # half precision the padding's log-count bias would itself be rounded.
+        self._text_processors = None
+        if (self.transformer.config.added_kv_proj_dim is None and not compile_transformer
+                and self.dtype == torch.float32):
+            self._text_processors = [install(transformer, rows=lambda blocks=blocks: blocks.running_rows)
+                                     for transformer, blocks in zip(self.transformers, self.caching_blocks)]
         self._expand_timesteps = bool(WanPipeline.load_config(root).get("expand_timesteps"))
         self._scheduler_config = UniPCMultistepScheduler.load_config(root, subfolder="scheduler")
 
@@ -92,6 +105,27 @@ class WanDenoiser(BatchedDenoiser):
             "encoder_hidden_states": embeds.to(self.device, self.dtype),
             "encoder_hidden_states_image": state.inputs.get("image_embeds"),
         }
+
+    def _batched_inputs(self, states: Sequence[DenoiseState], guided: Sequence[int]) -> dict[str, Any]:
+        inputs = super()._batched_inputs(states, guided)
+        if self._text_processors is not None:
+            inputs["encoder_hidden_states"], inputs[KEY_BIAS_INPUT] = compact_padded_text(
+                inputs["encoder_hidden_states"])
+        return inputs
+
+    def _forward(self, expert: int, inputs: dict[str, Any], caching: list[CachingRow] | None = None) -> torch.Tensor:
+        if KEY_BIAS_INPUT not in inputs:
+            return super()._forward(expert, inputs, caching)
+        inputs = dict(inputs)
+        bias = inputs.pop(KEY_BIAS_INPUT)
+        processors = self._text_processors[expert]
+        for processor in processors:
+            processor.key_bias = bias
+        try:
+            return super()._forward(expert, inputs, caching)
+        finally:
+            for processor in processors:
+                processor.key_bias = None
 
     def _final_latents(self, state: DenoiseState) -> torch.Tensor:
         if "first_frame_mask" in state.inputs:
