@@ -36,6 +36,7 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "videoserve"
 SERVED_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "colocated": {"layout": "colocated"},
+    "colocated+engine_thread": {"layout": "colocated", "vae_decoder": {"colocated_thread": "engine"}},
     "disaggregated": {"layout": "disaggregated"},
     "default+step_cache": {"denoiser": {"step_cache": True}},
     "default+taylorseer": {"denoiser": {"step_cache": {"policy": "taylorseer"}}},

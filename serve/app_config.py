@@ -217,6 +217,12 @@ class VaeDecoderConfig(_Strict):
         description="torch.compile the VAE decoder when the replica starts, for the model's default request size "
                     "(tens of seconds per replica start; videos of other sizes decode eagerly).",
     )
+    colocated_thread: Literal["auto", "engine", "own"] = Field(
+        "auto",
+        description="Colocated layout: where a replica's VAE decodes run. engine: on the engine's thread, taking "
+                    "turns with the DiT's steps; own: on a thread of their own, alongside the steps; auto: own on "
+                    "a CPU (small ops leave cores idle that a concurrent decode fills), engine on a GPU.",
+    )
 
 
 class ParallelConfig(_Strict):

@@ -3,9 +3,11 @@
 On a node with one accelerator (or a CPU box) separate stage processes time-slice the one
 device and each holds its own copy of the runtime (a CUDA context, OpenMP threads that
 compete for the same cores). Here the text encoder, the image conditioner, the
-continuous-batching DiT engine and the VAE decoder live in one replica, and all model work
-runs on the engine's step thread: encodes and decodes take turns with denoising steps
-instead of competing with them. The replica answers the same calls as the separate stage
+continuous-batching DiT engine and the VAE decoder live in one replica. Text encoding and
+image conditioning run on the engine's step thread, taking turns with denoising steps;
+VAE decodes do too on a GPU, and on a CPU run on a thread of their own beside the steps
+(``vae_decoder.colocated_thread``), because the DiT's small ops leave cores idle that a
+concurrent decode fills. The replica answers the same calls as the separate stage
 deployments (``encode``, ``condition``, ``denoise``, ``decode``), so the job runner, the
 conditioning caches, the metrics and autoscaling (of whole replicas) are the same for both
 layouts.
@@ -20,6 +22,7 @@ from engine.stages.text_encoder import TextEncoder
 from serve.app_config import AppConfig
 from serve.deployments.cached_conditioning import CachedImageConditioning, CachedTextEncoding
 from serve.deployments.denoiser import DenoiserDeployment
+from serve.deployments.model_stage import ModelThread
 from serve.deployments.stage_caches import FIRST_FRAME_CACHE, TEXT_CACHE, model_identity, open_stage_cache
 
 
@@ -44,9 +47,12 @@ class ColocatedPipelineDeployment(DenoiserDeployment):
                                                  model_identity(spec, placement("image_encoder"), "ImageConditioner"),
                                                  run)
         self.vae_decoder = load_vae_decoder(spec, placement("vae"), compile_decoder=config.vae_decoder.compile)
-        if config.vae_decoder.compile:  # on the step thread: inductor's kernels take its thread count
-            self.engine.run_blocking(self.vae_decoder.warm_up_compiled, spec.defaults.width, spec.defaults.height,
-                                     spec.defaults.num_frames)
+        # Decodes take turns with the DiT's steps on the engine's thread, or run beside them on their own.
+        self.decode_thread = ModelThread(config.torch_threads) if decodes_on_own_thread(config) else None
+        if config.vae_decoder.compile:  # on the decoding thread: inductor's kernels take its thread count
+            run_blocking = self.decode_thread.run_blocking if self.decode_thread else self.engine.run_blocking
+            run_blocking(self.vae_decoder.warm_up_compiled, spec.defaults.width, spec.defaults.height,
+                         spec.defaults.num_frames)
 
     async def encode(self, request: TextRequest) -> TextEmbeddings:
         return await self.text.encode(request)
@@ -60,4 +66,14 @@ class ColocatedPipelineDeployment(DenoiserDeployment):
         return await self.image.condition(request)
 
     async def decode(self, latents: Latents, fps: int) -> Frames:
-        return await self.engine.run(self.vae_decoder.decode, latents, fps)
+        run = self.decode_thread.run if self.decode_thread is not None else self.engine.run
+        return await run(self.vae_decoder.decode, latents, fps)
+
+
+def decodes_on_own_thread(config: AppConfig) -> bool:
+    """``vae_decoder.colocated_thread``, with auto resolved: a thread of their own on a CPU, where the
+    DiT's small ops leave cores idle that a concurrent decode fills; the engine's thread on a GPU."""
+    setting = config.vae_decoder.colocated_thread
+    if setting == "auto":
+        return config.resolved_device() == "cpu"
+    return setting == "own"

@@ -45,6 +45,17 @@ def test_an_explicit_layout_wins_and_colocated_refuses_a_gang():
         _config(layout="sideways")
 
 
+def test_colocated_decodes_run_beside_the_steps_on_a_cpu_and_between_them_on_a_gpu():
+    from serve.deployments.colocated_pipeline import decodes_on_own_thread
+
+    assert decodes_on_own_thread(_config(device="cpu"))
+    assert not decodes_on_own_thread(_config(device="cuda:0"))
+    assert not decodes_on_own_thread(_config(device="cpu", vae_decoder={"colocated_thread": "engine"}))
+    assert decodes_on_own_thread(_config(device="cuda:0", vae_decoder={"colocated_thread": "own"}))
+    with pytest.raises(ValueError, match="colocated_thread"):
+        _config(vae_decoder={"colocated_thread": "sideways"})
+
+
 def test_colocated_is_one_pipeline_per_model_that_takes_every_stage_of_its_requests(preset_cache):
     from serve.app_builder import deployment_names, deployment_options
     from serve.model_stages import app_stage_plan
