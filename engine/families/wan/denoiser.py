@@ -28,7 +28,8 @@ EXPERT_FOLDERS = ("transformer", "transformer_2")
 
 
 class WanDenoiser(BatchedDenoiser):
-    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False):
+    def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False,
+                 compact_text: bool = True):
         from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
         placement = placement or StagePlacement()
@@ -43,9 +44,10 @@ class WanDenoiser(BatchedDenoiser):
         # (engine/families/wan/compact_text_attention.py). Not where the cross-attention also
         # holds image tokens (Wan 2.1 image-to-video: diffusers splits them off by the count of
         # 512 text positions), not for a compiled forward (fixed shapes), and float32 only: in
-        # half precision the padding's log-count bias would itself be rounded.
+        # half precision the padding's log-count bias would itself be rounded. compact_text=False:
+        # diffusers' forward over all 512 (what a compiled denoiser's eager fallback runs).
         self._text_processors = None
-        if (self.transformer.config.added_kv_proj_dim is None and not compile_transformer
+        if (compact_text and self.transformer.config.added_kv_proj_dim is None and not compile_transformer
                 and self.dtype == torch.float32):
             self._text_processors = [install(transformer, rows=lambda blocks=blocks: blocks.running_rows)
                                      for transformer, blocks in zip(self.transformers, self.caching_blocks)]
