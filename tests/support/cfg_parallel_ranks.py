@@ -41,6 +41,7 @@ from engine.parallel.sequence_parallel import sequence_parallel_step_bytes
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
 from engine.stages.loading import load_denoiser
+from tests.support.engine_runs import run_arrivals
 
 LAYOUTS = {2: "cfg", 4: "cfg+sequence"}
 # (width, height, frames, steps, guidance, seed, arrival step). Guidance 0 and 1 run no
@@ -97,23 +98,6 @@ def _cached_requests(spec):
             raw["step_cache"] = step_cache
         requests.append((validate_generation(raw, spec, request_id=f"c{index}"), arrival))
     return requests
-
-
-def _run_engine(executor, arrivals: list[tuple[object, int]]):
-    engine = DenoiseEngine(executor, SchedulerConfig(max_batch_size=4))
-    pending = sorted(arrivals, key=lambda pair: pair[1])
-    results, batch_sizes, step_bytes, step = {}, [], [], 0
-    while pending or engine.has_unfinished():
-        while pending and pending[0][1] <= step:
-            engine.add_request(pending.pop(0)[0])
-        events = engine.step()
-        step_events = [event for event in events if isinstance(event, StepEvent)]
-        if step_events:
-            batch_sizes.append(step_events[0].batch_size)
-            step_bytes.append(step_events[0].communication.total_bytes)
-        results.update({e.request_id: e.latents for e in events if isinstance(e, FinishedEvent)})
-        step += 1
-    return results, batch_sizes, step_bytes
 
 
 def _forward_inputs(config, rows: int, latent_size: tuple[int, int, int]) -> dict[str, torch.Tensor]:
@@ -205,10 +189,10 @@ def gang(rank: int, world_size: int, models: list[str], cache_dir: Path) -> dict
                 continue
             alone = {task.request_id: pipeline.denoiser.denoise(task) for task, _ in arrivals}
             peers = CollectivePeers()
-            results, batch_sizes, step_bytes = _run_engine(RankGroupExecutor(denoiser, peers, log), arrivals)
+            run = run_arrivals(RankGroupExecutor(denoiser, peers, log), arrivals)
             peers.close()
-            report[f"{model}/{name}"] = {**_compare(pipeline, results, alone), "batch_sizes": batch_sizes,
-                                         "step_bytes": step_bytes,
+            report[f"{model}/{name}"] = {**_compare(pipeline, run.finished, alone), "batch_sizes": run.batch_sizes,
+                                         "step_bytes": run.step_bytes,
                                          "experts_used": sorted({e for task, _ in arrivals
                                                                  for e in denoiser.start(task).experts})}
     return report

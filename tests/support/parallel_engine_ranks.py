@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.batching.denoise_engine import DenoiseEngine, FinishedEvent, StepEvent
-from engine.batching.denoise_scheduler import SchedulerConfig
 from engine.models.model_registry import resolve_model
 from engine.parallel.collective_peers import CollectivePeers, run_rank_mirror
 from engine.parallel.communication_log import CommunicationLog
@@ -24,6 +22,7 @@ from engine.parallel.process_group import RankGroupAddress, join_rank_group
 from engine.parallel.rank_group_executor import RankGroupExecutor, RankMirror
 from engine.request_validation import validate_generation
 from engine.staged_pipeline import StagedPipeline
+from tests.support.engine_runs import run_arrivals
 from engine.stages.loading import load_denoiser
 
 # (width, height, frames, steps, guidance, seed, arrival step). 48x48 with one frame is 9
@@ -55,24 +54,6 @@ def _requests(spec, image: bytes | None):
     return requests
 
 
-def _run_engine(executor, tasks) -> tuple[dict[str, torch.Tensor], list[int], list[int], dict[str, int | None]]:
-    engine = DenoiseEngine(executor, SchedulerConfig(max_batch_size=4))
-    pending = sorted(((arrival[-1], task) for arrival, task in zip(REQUESTS, tasks)), key=lambda pair: pair[0])
-    results, batch_sizes, step_bytes, step, reused = {}, [], [], 0, {}
-    while pending or engine.has_unfinished():
-        while pending and pending[0][0] <= step:
-            engine.add_request(pending.pop(0)[1])
-        events = engine.step()
-        step_events = [event for event in events if isinstance(event, StepEvent)]
-        if step_events:
-            batch_sizes.append(step_events[0].batch_size)
-            step_bytes.append(step_events[0].communication.total_bytes)
-        results.update({e.request_id: e.latents.latents for e in events if isinstance(e, FinishedEvent)})
-        reused.update({e.request_id: e.latents.reused_steps for e in events if isinstance(e, FinishedEvent)})
-        step += 1
-    return results, batch_sizes, step_bytes, reused
-
-
 def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, models: str) -> None:
     torch.set_num_threads(1)
     join_rank_group(RankGroupAddress("127.0.0.1", port, world_size), rank, "cpu", with_deepspeed=True)
@@ -95,8 +76,12 @@ def main(rank: int, world_size: int, port: int, cache_dir: str, output: str, mod
                 run_rank_mirror(RankMirror(denoiser))
                 continue
             peers = CollectivePeers()
-            results, batch_sizes, step_bytes, reused = _run_engine(RankGroupExecutor(denoiser, peers, log), tasks)
+            run = run_arrivals(RankGroupExecutor(denoiser, peers, log),
+                               [(task, arrival[-1]) for arrival, task in zip(REQUESTS, tasks)])
             peers.close()
+            results = {rid: latents.latents for rid, latents in run.finished.items()}
+            reused = {rid: latents.reused_steps for rid, latents in run.finished.items()}
+            batch_sizes, step_bytes = run.batch_sizes, run.step_bytes
             latent_diff = max((results[rid] - alone[rid]).abs().max().item() for rid in alone)
             frame_diff = max(
                 int(np.abs(pipeline.vae_decoder.decode_latents(results[rid]).astype(int)

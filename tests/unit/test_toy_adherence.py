@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from engine.quality.toy_adherence import AdherenceVerdict, ObjectVerdict, detect_tracks, judge_clip, summarize
-from engine.toy_world.grammar import BACKGROUNDS, COLOURS, ToyObject, ToyScene, all_objects, parse_prompt, sample_scene
+from engine.toy_world.grammar import BACKGROUNDS, COLOURS, ToyObject, ToyScene, all_objects, parse_prompt
 from engine.toy_world.render import render_clip
+from tests.support.toy_scenes import two_object_scenes
 
 SINGLE_OBJECT_SCENES = [ToyScene((obj,), background) for obj in all_objects() for background in BACKGROUNDS]
 
@@ -43,16 +44,6 @@ def with_stray_pixels(clip: np.ndarray, rng: np.random.Generator, per_frame: int
 
 def degraded(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return with_stray_pixels(noisy(colour_jittered(blurred(clip), rng), rng), rng)
-
-
-def two_object_scenes(count: int, seed: int) -> list[ToyScene]:
-    rng = np.random.default_rng(seed)
-    scenes = []
-    while len(scenes) < count:
-        scene = sample_scene(rng, allow_held_out=True)
-        if len(scene.objects) == 2:
-            scenes.append(scene)
-    return scenes
 
 
 def describe(verdict: AdherenceVerdict) -> list:

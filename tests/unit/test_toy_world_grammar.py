@@ -27,18 +27,9 @@ from engine.toy_world.grammar import (
     scene_to_prompt,
 )
 from engine.toy_world.render import plan_trajectories, render_batch, render_clip
+from tests.support.toy_scenes import two_object_scenes
 
 SINGLE_OBJECT_SCENES = [ToyScene((obj,), background) for obj in all_objects() for background in BACKGROUNDS]
-
-
-def two_object_scenes(count: int, seed: int = 0) -> list[ToyScene]:
-    rng = np.random.default_rng(seed)
-    scenes = []
-    while len(scenes) < count:
-        scene = sample_scene(rng, allow_held_out=True)
-        if len(scene.objects) == 2:
-            scenes.append(scene)
-    return scenes
 
 
 # --- prompts ---------------------------------------------------------------------------------

@@ -81,13 +81,20 @@ def compact_text_batch(embeddings: Sequence[torch.Tensor], full_length: int) -> 
     return states, bias
 
 
-def compact_padded_text(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def real_text_length(states: torch.Tensor) -> int:
+    """Zero-padded text ``[..., N, D]`` of one prompt -> its real positions: up to its last non-zero
+    one. Everything after it is zeros by construction, so the identity holds whatever the encoder."""
+    nonzero = states.reshape(-1, states.shape[-2], states.shape[-1]).abs().amax(dim=(0, -1)) > 0  # [N]
+    positions = torch.arange(1, nonzero.shape[0] + 1, device=states.device)
+    return int((nonzero * positions).amax())
+
+
+def compact_padded_text(states: torch.Tensor, lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-padded text ``[B, N, D]`` as the pipelines build it -> ``compact_text_batch``'s pair.
 
-    A row's real positions are those up to its last non-zero one; everything after it is zeros
-    by construction, so the identity holds whatever the text encoder.
+    ``lengths``: each row's real positions when known (a denoiser measures them once per request);
+    else measured here (``real_text_length``).
     """
-    nonzero = states.abs().amax(dim=-1) > 0  # [B, N]
-    positions = torch.arange(1, states.shape[1] + 1, device=states.device)
-    lengths = (nonzero * positions).amax(dim=-1).tolist()  # last non-zero position + 1 (0: none)
+    if lengths is None:
+        lengths = [real_text_length(row) for row in states]
     return compact_text_batch([row[:length] for row, length in zip(states, lengths)], states.shape[1])

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engine.families.wan.compact_text_attention import KEY_BIAS_INPUT, compact_padded_text, install
+from engine.families.wan.compact_text_attention import KEY_BIAS_INPUT, compact_padded_text, install, real_text_length
 from engine.initial_noise import initial_latents
 from engine.models.model_source import local_model_directory
 from engine.models.model_spec import ModelSpec
@@ -71,6 +71,11 @@ class WanDenoiser(BatchedDenoiser):
             inputs["condition"] = image.condition.to(self.device)
             if image.image_embeds is not None:
                 inputs["image_embeds"] = image.image_embeds.to(self.device, self.dtype)
+        if self._text_processors is not None:  # measured once a request, not every step
+            text = state.task.text
+            inputs["text_lengths"] = {
+                conditional: real_text_length(embeds) for conditional, embeds in
+                ((True, text.prompt_embeds), (False, text.negative_prompt_embeds)) if embeds is not None}
         if self._expand_timesteps:
             if image is None:
                 mask = torch.ones(state.latents.shape, dtype=torch.float32, device=self.device)
@@ -111,8 +116,11 @@ class WanDenoiser(BatchedDenoiser):
     def _batched_inputs(self, states: Sequence[DenoiseState], guided: Sequence[int]) -> dict[str, Any]:
         inputs = super()._batched_inputs(states, guided)
         if self._text_processors is not None:
+            # Row order as the base class lays the rows out: every conditional row, then the unconditional ones.
+            lengths = [state.inputs["text_lengths"][True] for state in states]
+            lengths += [states[index].inputs["text_lengths"][False] for index in guided]
             inputs["encoder_hidden_states"], inputs[KEY_BIAS_INPUT] = compact_padded_text(
-                inputs["encoder_hidden_states"])
+                inputs["encoder_hidden_states"], lengths)
         return inputs
 
     def _forward(self, expert: int, inputs: dict[str, Any], caching: list[CachingRow] | None = None) -> torch.Tensor:
