@@ -30,11 +30,12 @@ def compiled_t2v(tiny_spec):
 
 @pytest.fixture(scope="module")
 def full_text_eager(tiny_spec):
-    """The eager denoiser a compiled one falls back to: diffusers' forward over all 512 text positions
-    (an eager denoiser otherwise attends over the compact text, equal only within float rounding)."""
+    """The eager denoiser a compiled one falls back to: diffusers' forward over all 512 text positions,
+    every token's timestep embedded on its own (an eager denoiser otherwise attends over the compact
+    text and embeds distinct timesteps once, equal only within float rounding)."""
     from engine.families.wan.denoiser import WanDenoiser
 
-    return WanDenoiser(tiny_spec, compact_text=False)
+    return WanDenoiser(tiny_spec, compact_text=False, distinct_timesteps=False)
 
 
 def _request(spec, index: int, **fields):

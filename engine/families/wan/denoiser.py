@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from engine.families.wan.compact_text_attention import KEY_BIAS_INPUT, compact_padded_text, install, real_text_length
+from engine.families.wan.distinct_timestep_embedding import install as install_distinct_timesteps
 from engine.initial_noise import initial_latents
 from engine.models.model_source import local_model_directory
 from engine.models.model_spec import ModelSpec
@@ -29,7 +30,7 @@ EXPERT_FOLDERS = ("transformer", "transformer_2")
 
 class WanDenoiser(BatchedDenoiser):
     def __init__(self, spec: ModelSpec, placement: StagePlacement | None = None, compile_transformer: bool = False,
-                 compact_text: bool = True):
+                 compact_text: bool = True, distinct_timesteps: bool = True):
         from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
         placement = placement or StagePlacement()
@@ -45,13 +46,18 @@ class WanDenoiser(BatchedDenoiser):
         # holds image tokens (Wan 2.1 image-to-video: diffusers splits them off by the count of
         # 512 text positions), not for a compiled forward (fixed shapes), and float32 only: in
         # half precision the padding's log-count bias would itself be rounded. compact_text=False:
-        # diffusers' forward over all 512 (what a compiled denoiser's eager fallback runs).
+        # diffusers' forward over all 512 (what a compiled denoiser's eager fallback runs);
+        # distinct_timesteps=False: its per-token timestep embedding, every token on its own.
         self._text_processors = None
         if (compact_text and self.transformer.config.added_kv_proj_dim is None and not compile_transformer
                 and self.dtype == torch.float32):
             self._text_processors = [install(transformer, rows=lambda blocks=blocks: blocks.running_rows)
                                      for transformer, blocks in zip(self.transformers, self.caching_blocks)]
         self._expand_timesteps = bool(WanPipeline.load_config(root).get("expand_timesteps"))
+        if self._expand_timesteps and distinct_timesteps and not compile_transformer:
+            # Per-token timestep embeddings once per distinct timestep (distinct_timestep_embedding.py).
+            for transformer in self.transformers:
+                install_distinct_timesteps(transformer)
         self._scheduler_config = UniPCMultistepScheduler.load_config(root, subfolder="scheduler")
 
     def prepare(self, request: GenerationRequest, text: TextEmbeddings,
