@@ -223,6 +223,18 @@ class VaeDecoderConfig(_Strict):
                     "turns with the DiT's steps; own: on a thread of their own, alongside the steps; auto: own on "
                     "a CPU (small ops leave cores idle that a concurrent decode fills), engine on a GPU.",
     )
+    max_batch_size: int | None = Field(
+        None, ge=1,
+        description="Decodes of one latent shape that wait while the decoder is busy go through the VAE together, "
+                    "up to this many (none wait on purpose). Unset: 4 on a CPU, where a small video's decode is "
+                    "mostly per-call cost; 1 on a GPU, where a large video's decode already fills the device and "
+                    "its activations the memory.",
+    )
+
+    def resolved_max_batch_size(self, device: str) -> int:
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 4 if device == "cpu" else 1
 
 
 class ParallelConfig(_Strict):

@@ -21,6 +21,7 @@ from engine.stages.loading import load_image_conditioner, load_vae_decoder
 from engine.stages.text_encoder import TextEncoder
 from serve.app_config import AppConfig
 from serve.deployments.cached_conditioning import CachedImageConditioning, CachedTextEncoding
+from serve.deployments.decode_batching import DecodeBatcher
 from serve.deployments.denoiser import DenoiserDeployment
 from serve.deployments.model_stage import ModelThread
 from serve.deployments.stage_caches import FIRST_FRAME_CACHE, TEXT_CACHE, model_identity, open_stage_cache
@@ -53,6 +54,9 @@ class ColocatedPipelineDeployment(DenoiserDeployment):
             run_blocking = self.decode_thread.run_blocking if self.decode_thread else self.engine.run_blocking
             run_blocking(self.vae_decoder.warm_up_compiled, spec.defaults.width, spec.defaults.height,
                          spec.defaults.num_frames)
+        self.decodes = DecodeBatcher(self.vae_decoder.decode_many,
+                                     self.decode_thread.run if self.decode_thread is not None else self.engine.run,
+                                     config.vae_decoder.resolved_max_batch_size(device))
 
     async def encode(self, request: TextRequest) -> TextEmbeddings:
         return await self.text.encode(request)
@@ -66,8 +70,7 @@ class ColocatedPipelineDeployment(DenoiserDeployment):
         return await self.image.condition(request)
 
     async def decode(self, latents: Latents, fps: int) -> Frames:
-        run = self.decode_thread.run if self.decode_thread is not None else self.engine.run
-        return await run(self.vae_decoder.decode, latents, fps)
+        return await self.decodes.decode(latents, fps)
 
 
 def decodes_on_own_thread(config: AppConfig) -> bool:
