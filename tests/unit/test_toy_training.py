@@ -58,6 +58,25 @@ def test_compact_cross_attention_equals_the_full_512_positions():
     assert torch.equal(again, full)
 
 
+def test_object_loss_weights_are_one_on_the_background_and_highest_on_the_object():
+    from training.toy_world.dit_training import object_loss_weights
+
+    generator = torch.Generator().manual_seed(0)
+    background = torch.randn(2, SMALL.z_dim, 1, 1, 1, generator=generator)
+    clean = background.expand(2, SMALL.z_dim, 3, 8, 8).clone()
+    clean += 0.05 * torch.randn(clean.shape, generator=generator)  # VAE noise on a flat background
+    clean[0, :, :, 2:4, 5:7] += 3.0  # an object, 12 units from the background over 16 channels
+    clean[1, :, 1, 6, 0] += 0.75  # a faint blot, 3 units away: half way up the ramp
+    weights = object_loss_weights(clean, 3.0)
+    assert weights.shape == (2, 1, 3, 8, 8)
+    object_mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    object_mask[:, 2:4, 5:7] = True
+    assert torch.allclose(weights[0, 0][object_mask], torch.tensor(4.0))
+    assert torch.allclose(weights[0, 0][~object_mask], torch.tensor(1.0))
+    assert 2.0 < weights[1, 0, 1, 6, 0] < 3.0
+    assert torch.equal(object_loss_weights(clean, 0.0), torch.ones(2, 1, 3, 8, 8))
+
+
 def test_prompt_embeddings_are_the_served_text_encoders_without_the_padding():
     from diffusers import WanPipeline
 
