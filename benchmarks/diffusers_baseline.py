@@ -108,8 +108,9 @@ class DiffusersRunner:
             self.pipelines[task] = pipeline_class.from_pretrained(spec.source)
             self.pipelines[task].set_progress_bar_config(disable=True)
 
-    def __call__(self, request: WorkloadRequest) -> float:
-        """Run one request to the end; returns its wall time in seconds."""
+    def __call__(self, request: WorkloadRequest, output_type: str = "np") -> float:
+        """Run one request to the end; returns its wall time in seconds. ``output_type="latent"``
+        stops after the denoising loop, as diffusers' pipelines do (no VAE decode)."""
         import torch
 
         kwargs: dict[str, Any] = {}
@@ -134,7 +135,7 @@ class DiffusersRunner:
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="np",
+            output_type=output_type,
             **kwargs,
         )
         return time.perf_counter() - started
