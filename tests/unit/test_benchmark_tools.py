@@ -639,3 +639,22 @@ def test_model_memory_counts_the_published_architectures_and_their_gang_shares()
     # Every Wan model shares the one UMT5-XXL encoder: the same bytes everywhere.
     encoders = {entry["components"]["text_encoder"]["gib"] for name, entry in report.items() if name.startswith("wan")}
     assert len(encoders) == 1
+
+
+def test_batched_parts_times_both_shortcuts_and_refuses_a_model_without_per_token_timesteps(preset_specs, preset_cache,
+                                                                                               tmp_path):
+    import typer
+
+    from benchmarks.batched_parts import main as batched_parts
+
+    preset_specs["tiny-wan22-ti2v"]  # built into the cache
+    output = tmp_path / "parts.json"
+    batched_parts(model="tiny-wan22-ti2v", repeats=1, output=output, cache_dir=preset_cache)
+    report = json.loads(output.read_text())
+    assert [row["requests"] for row in report["dit_forward"]] == [1, 4, 8]
+    assert [row["videos"] for row in report["vae_decode"]] == [2, 4, 8]
+    assert all(row["per_token_s"] > 0 and row["distinct_s"] > 0 for row in report["dit_forward"])
+    assert all(row["together_s_per_video"] > 0 for row in report["vae_decode"])
+    preset_specs["tiny"]
+    with pytest.raises(typer.BadParameter, match="TI2V"):
+        batched_parts(model="tiny", repeats=1, output=output, cache_dir=preset_cache)
