@@ -71,9 +71,8 @@ class VaeDecoder:
                 groups.setdefault(_decode_shape(latents.latents), []).append(index)
         for indices in groups.values():
             batch = torch.cat([requests[index][0].latents for index in indices])
-            videos = self.video_processor.postprocess_video(self._decode_video(batch, None), output_type="np")
-            for index, video in zip(indices, videos):
-                frames[index] = to_uint8(video)
+            for index, video in zip(indices, self._uint8_videos(self._decode_video(batch, None))):
+                frames[index] = video
         return [Frames(request_id=latents.request_id, frames=frames[index], fps=fps)
                 for index, (latents, fps) in enumerate(requests)]
 
@@ -88,11 +87,14 @@ class VaeDecoder:
                                                     generator_state),
                 eager=lambda: self._decode_video(latents, generator_state),
             )
-        frames = self.video_processor.postprocess_video(video, output_type="np")[0]  # float [F, H, W, 3] in [0, 1]
-        return to_uint8(frames)
+        return self._uint8_videos(video)[0]
+
+    def _uint8_videos(self, video: torch.Tensor) -> list[np.ndarray]:
+        """[B, 3, F, H, W] in [-1, 1] -> one uint8 [F, H, W, 3] per video."""
+        return [to_uint8(frames) for frames in self.video_processor.postprocess_video(video, output_type="np")]
 
     def _decode_video(self, latents: torch.Tensor, generator_state: torch.Tensor | None) -> torch.Tensor:
-        """The family's un-normalisation and VAE call, as its pipeline does it: [1, 3, F, H, W] in [-1, 1]."""
+        """The family's un-normalisation and VAE call, as its pipeline does it: [B, 3, F, H, W] in [-1, 1]."""
         raise NotImplementedError
 
     def _warm_up_generator_state(self) -> torch.Tensor | None:

@@ -20,11 +20,9 @@ RunOnModelThread = Callable[..., Awaitable[Any]]
 
 class DecodeBatcher:
     def __init__(self, decode_many: DecodeMany, run: RunOnModelThread, max_batch_size: int):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size: must be at least 1 (got {max_batch_size})")
         self._decode_many = decode_many
         self._run = run  # runs a function on the thread that owns the decoder
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size  # validated at the edge (VaeDecoderConfig, ge=1)
         self._waiting: list[tuple[Latents, int, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
         # Calls to the VAE and the decodes they did: decodes / calls is the mean batch size.
