@@ -185,8 +185,9 @@ class StepCacheSetting(_Strict):
     policy: Literal[tuple(POLICIES)] = Field(DEFAULT_POLICY, description="; ".join(
         f"{name}: {info.description}" for name, info in POLICIES.items()))
     threshold: float | None = Field(None, gt=0, le=MAX_THRESHOLD,
-                                    description="Relative change of the first block's residual under which a step "
-                                                "is skipped; default: the policy's (README, 'Step caching').")
+                                    description="Under it a step is skipped: the relative change of the first "
+                                                "block's residual (first_block, taylorseer) or the predicted error "
+                                                "(magcache); default: the policy's (README, 'Step caching').")
 
 
 class DenoiserConfig(_Strict):

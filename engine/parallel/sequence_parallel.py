@@ -266,5 +266,10 @@ def split_sequence(transformer, log: CommunicationLog | None = None, group: dist
             dist.all_reduce(statistics, op=dist.ReduceOp.SUM, group=group)
             return statistics
 
+        def local_tokens(hidden_states: torch.Tensor) -> torch.Tensor:
+            shard.tokens = hidden_states.shape[1]
+            return shard.take_local(hidden_states, dim=1)
+
         transformer.blocks.row_sum = row_sum
         transformer.blocks.real_tokens = shard.real_in_chunk
+        transformer.blocks.local_tokens = local_tokens

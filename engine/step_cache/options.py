@@ -7,17 +7,27 @@ from dataclasses import dataclass
 from typing import Any
 
 
+# magcache: at most this many skipped steps in a row, and the first this fraction of the steps
+# always run (MagCache's K and retention ratio; its Wan settings are 2 and 0.2).
+MAGCACHE_MAX_SKIPS_IN_A_ROW = 2
+MAGCACHE_RETAINED_FRACTION = 0.2
+
+
 @dataclass(frozen=True)
 class PolicyInfo:
     default_threshold: float
     description: str
+    # Decides before the first block and, when it skips, skips every block (not only the later ones).
+    whole_transformer: bool = False
 
 
-# threshold: the relative L1 change of a row's first-block residual (since the step that last
-# ran the whole transformer) under which the rest of the transformer is skipped. 0.1: on the
-# toy model 0.05 skips nothing, 0.1 skips about a quarter of the forwards at unchanged prompt
-# adherence (42-45 dB PSNR), 0.2 about half at a measured adherence cost
-# (benchmarks.step_cache_quality, RESULTS.md); FBCache/TeaCache use thresholds of this order for Wan.
+# threshold, first_block and taylorseer: the relative L1 change of a row's first-block residual
+# (since the step that last ran the whole transformer) under which the rest of the transformer
+# is skipped; on the toy model 0.1 skips about a quarter of the steps at 42-45 dB PSNR, 0.2
+# about half at 27-29 dB. magcache: the error its magnitude ratios predict, summed over the
+# steps skipped since the last full one (MagCache's Wan settings are 0.12-0.24); on the toy
+# model 0.1 skips 45 % of the steps, every block of them, at 37.5 dB with prompt adherence
+# unchanged, which makes it the default (benchmarks.step_cache_quality, RESULTS.md).
 POLICIES: dict[str, PolicyInfo] = {
     "first_block": PolicyInfo(
         0.1, "first-block cache: while the first block's residual has changed less than the threshold, "
@@ -25,8 +35,15 @@ POLICIES: dict[str, PolicyInfo] = {
     "taylorseer": PolicyInfo(
         0.1, "first-block decision, TaylorSeer estimate: a skipped step's residual is extrapolated to first "
               "order from the last two full steps instead of reused"),
+    "magcache": PolicyInfo(
+        0.1, "magnitude-ratio cache (MagCache class): decides before any block from how the magnitude of the "
+             "whole transformer's residual changed between its last two full steps, and skips every block while "
+             "the error that ratio predicts, summed over the skipped steps, stays under the threshold (at most "
+             f"{MAGCACHE_MAX_SKIPS_IN_A_ROW} steps in a row, none in the first {MAGCACHE_RETAINED_FRACTION:.0%} of "
+             "the schedule)",
+        whole_transformer=True),
 }
-DEFAULT_POLICY = "first_block"
+DEFAULT_POLICY = "magcache"
 MAX_THRESHOLD = 1.0
 
 

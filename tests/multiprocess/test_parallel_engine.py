@@ -48,14 +48,18 @@ def test_parallel_engine_matches_one_rank(world_size, models, preset_specs, pres
         assert result["latent_max_abs_diff"] <= 1e-4, case
         assert result["frame_max_abs_diff"] <= 1, case
         assert max(result["batch_sizes"]) > 1, case  # requests really shared steps
-        # Every step moved data between the ranks, and the log saw it.
-        assert all(step_bytes > 0 for step_bytes in result["step_bytes"]), case
+        # Every step moved data between the ranks, and the log saw it, but for steps where every
+        # row skipped every block (r0's magcache step cache while alone in a step): tensor
+        # parallelism then has nothing to reduce.
+        silent_steps = sum(step_bytes == 0 for step_bytes in result["step_bytes"])
+        assert silent_steps <= (result["reused_steps"]["r0"] if case.endswith("tensor") else 0), case
+        assert silent_steps < len(result["step_bytes"]), case
         if "moe" in case:  # both experts ran, each split over the ranks
             assert result["experts_used"] == [0, 1], case
         # r0 caches steps: every rank of the gang made the same decisions, the ones one rank makes.
         assert result["reused_steps"] == result["reused_steps_alone"], case
         if "moe" not in case:  # (4 steps: on a two-expert model its reusable step falls on the switch)
-            assert result["reused_steps"]["r0"] > 0, case
+            assert result["reused_steps"]["r0"] > 0 and result["reused_steps"]["r4"] > 0, case
 
 
 def test_requests_started_while_steps_run_reach_every_rank_of_a_gang(preset_specs, preset_cache, tmp_path):

@@ -59,8 +59,8 @@ REQUESTS = [
 # Step-cached requests (threshold 0.3 reuses steps on the tiny presets) next to uncached
 # ones, with and without guidance: (steps, guidance, seed, arrival step, step_cache).
 CACHED_REQUESTS = [
-    (12, 5.0, 11, 0, {"threshold": 0.3}),
-    (10, 0.0, 12, 0, {"threshold": 0.3}),
+    (12, 5.0, 11, 0, {"policy": "first_block", "threshold": 0.3}),
+    (10, 0.0, 12, 0, {"policy": "magcache", "threshold": 0.3}),
     (12, 4.0, 13, 1, None),
     (10, 6.0, 14, 2, {"policy": "taylorseer", "threshold": 0.3}),
 ]

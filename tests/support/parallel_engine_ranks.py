@@ -48,8 +48,12 @@ def _requests(spec, image: bytes | None):
                "num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
         if image is not None and (spec.needs_image or index % 2):
             raw["image"] = image
-        if index == 0:  # step caching composes with both modes: the same steps reused as on one rank
-            raw["step_cache"] = {"threshold": 1.0}
+        # Step caching composes with both modes: the same steps reused as on one rank, by a
+        # policy that skips every block (r0) and one that runs the first block to decide (r4).
+        if index == 0:
+            raw["step_cache"] = {"policy": "magcache", "threshold": 1.0}
+        elif index == 4:
+            raw["step_cache"] = {"policy": "first_block", "threshold": 1.0}
         requests.append(validate_generation(raw, spec, request_id=f"r{index}"))
     return requests
 

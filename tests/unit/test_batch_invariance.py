@@ -50,7 +50,7 @@ def _random_request(rng: random.Random, spec, index: int):
     # cached and uncached rows share forwards, and each still gets what it gets alone.
     cache_draw = random.Random(index)
     if cache_draw.random() < 0.5:
-        raw["step_cache"] = {"policy": cache_draw.choice(["first_block", "taylorseer"]),
+        raw["step_cache"] = {"policy": cache_draw.choice(["first_block", "taylorseer", "magcache"]),
                              "threshold": cache_draw.choice([0.05, 0.3])}
     return validate_generation(raw, spec, request_id=f"r{index}")
 
