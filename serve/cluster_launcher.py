@@ -22,9 +22,13 @@ from serve.denoiser_placement import with_denoiser_placement
 IMPORT_PATH = "serve.app_builder:build_app"
 # Every replica process of the app. OpenMP threads that spin while they wait for work steal
 # the cores of the other stages' threads on a shared CPU: two 2-thread DiT processes on 2
-# cores ran a forward in 0.78-0.90 s spinning and 0.30-0.33 s sleeping (0.22 s alone,
-# either way). libgomp reads this when it loads, so it must be in the process environment.
-MODEL_PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# cores ran a forward in 0.78-0.90 s spinning libgomp's default ~3 ms and 0.30-0.33 s
+# sleeping at once (0.22 s alone, either way). Sleeping at once costs a model of many small
+# ops dearly, though: each op's workers then wait on a futex wake-up, and the toy model's
+# denoising took 1.26 s against 0.60 s. A spin of ~0.3 ms (30,000 rounds, which libgomp
+# takes over the passive policy) kept it at 0.64 s (RESULTS.md, 2026-12-06). libgomp reads
+# these when it loads, so they must be in the process environment.
+MODEL_PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
 
 
 class DeployFailed(RuntimeError):

@@ -49,7 +49,9 @@ class ColocatedPipelineDeployment(DenoiserDeployment):
                                                  run)
         self.vae_decoder = load_vae_decoder(spec, placement("vae"), compile_decoder=config.vae_decoder.compile)
         # Decodes take turns with the DiT's steps on the engine's thread, or run beside them on their own.
-        self.decode_thread = ModelThread(config.torch_threads) if decodes_on_own_thread(config) else None
+        # One torch thread: a second multi-threaded team in this process would make libgomp
+        # throttle the engine's spin-waits (serve/deployments/model_stage.py).
+        self.decode_thread = ModelThread(1) if decodes_on_own_thread(config) else None
         if config.vae_decoder.compile:  # on the decoding thread: inductor's kernels take its thread count
             run_blocking = self.decode_thread.run_blocking if self.decode_thread else self.engine.run_blocking
             run_blocking(self.vae_decoder.warm_up_compiled, spec.defaults.width, spec.defaults.height,

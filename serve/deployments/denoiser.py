@@ -21,7 +21,8 @@ from engine.parallel.rank_group_executor import RankFailed
 from engine.stage_types import GenerationRequest, ImageConditioning, TextEmbeddings
 from engine.stages.loading import load_denoiser
 from serve.app_config import AppConfig
-from serve.deployments.model_stage import ModelThread, compile_for_default_size, load_stage_context, set_torch_threads
+from serve.deployments.model_stage import (ModelThread, compile_for_default_size, keep_torch_single_threaded,
+                                          load_stage_context, set_torch_threads)
 
 # How long a broken gang's callers wait for Serve to replace it before giving up themselves.
 REPLACEMENT_WAIT_SECONDS = 300.0
@@ -37,8 +38,9 @@ class DenoiserDeployment:
         if degree == 1:
             denoiser = load_denoiser(self.spec, placement, compile_transformer=settings.compile)
             if settings.compile:
-                compile_for_default_size(ModelThread(app_config.torch_threads), "DiT", denoiser.warm_up_compiled,
-                                         self.spec)
+                compile_thread = ModelThread(app_config.torch_threads)
+                compile_for_default_size(compile_thread, "DiT", denoiser.warm_up_compiled, self.spec)
+                compile_thread.close()  # its idle OpenMP workers would slow the engine's (keep_torch_single_threaded)
             executor = InProcessExecutor(denoiser)
         else:
             from serve.deployments.denoiser_ranks import log_step_communication, start_rank_group
@@ -50,6 +52,8 @@ class DenoiserDeployment:
         self.engine = AsyncDenoiseEngine(executor, scheduling, on_step=on_step,
                                          thread_initializer=functools.partial(set_torch_threads,
                                                                               app_config.torch_threads))
+        self.engine.run_blocking(int)  # the step thread has pinned its torch threads ...
+        keep_torch_single_threaded()  # ... so every other thread can be left on one
 
     async def denoise(self, request: GenerationRequest, text: TextEmbeddings,
                       image: ImageConditioning | None) -> AsyncIterator[DenoiseProgress | DenoiseDone]:

@@ -5,11 +5,12 @@ from pathlib import Path
 from engine.post_processing.post_processor import PostProcessOptions, PostProcessor, PostProcessResult
 from engine.stage_types import Frames
 from serve.app_config import AppConfig
-from serve.deployments.model_stage import ModelThread
+from serve.deployments.model_stage import ModelThread, keep_torch_single_threaded
 
 
 class PostProcessorDeployment:
     def __init__(self, app_config: AppConfig):
+        keep_torch_single_threaded()  # only the model thread runs torch on several threads
         settings = app_config.post_processing
         self.stage = PostProcessor(settings.upscaler_model_dir, device=app_config.resolved_device(),
                                    interpolation_model=settings.interpolation_model)

@@ -4,11 +4,12 @@ from ray import serve
 
 from engine.stages.prompt_expander import PromptExpander, PromptExpanderConfig
 from serve.app_config import AppConfig
-from serve.deployments.model_stage import ModelThread
+from serve.deployments.model_stage import ModelThread, keep_torch_single_threaded
 
 
 class PromptExpanderDeployment:
     def __init__(self, app_config: AppConfig):
+        keep_torch_single_threaded()  # only the model thread runs torch on several threads
         settings = app_config.prompt_expander
         if settings.model is None:
             raise ValueError("PromptExpander deployed without prompt_expander.model")
