@@ -4,10 +4,11 @@
 
 For every prompt of the toy model's held-out set (or ``--prompts``) and every seed, the
 request runs uncached, then once per policy and threshold, in this process through the
-staged pipeline (the served stages' code). Reported per setting: the share of DiT forwards
-skipped (rows that reused or estimated instead of running the later blocks), PSNR and SSIM
-of the frames against the uncached frames of the same seed, prompt adherence and flicker
-(engine/quality), and the denoising time against uncached. Served throughput with the
+staged pipeline (the served stages' code). Reported per setting: the share of steps
+skipped (a row reused or estimated the residual of the blocks after the first, or of every
+block for magcache, instead of running them), PSNR and SSIM of the frames against the
+uncached frames of the same seed, prompt adherence and flicker (engine/quality), and the
+denoising time against uncached. Served throughput with the
 default policy is ``benchmarks.served_vs_diffusers``'s.
 """
 
