@@ -109,6 +109,11 @@ class TokenShard:
         """How many of this rank's ``chunk`` tokens are real in the forward in progress (padding sits at the end)."""
         return max(0, min(chunk, self.tokens - self.rank * chunk))
 
+    def enter(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The sequence entering the blocks, [b, s, dim]: note its length for the forward, keep this rank's chunk."""
+        self.tokens = hidden_states.shape[1]
+        return self.take_local(hidden_states, dim=1)
+
     def take_local(self, sequence: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Pad ``sequence`` along ``dim`` to a multiple of N (zeros at the end) and keep this rank's chunk."""
         tokens = sequence.shape[dim]
@@ -212,8 +217,7 @@ class SequenceShardingHooks:
         """Entering blocks[0] with [b, s, dim] tokens: keep this rank's chunk for every block."""
         hidden_states = args[0] if args else kwargs["hidden_states"]
         temb = args[2] if len(args) > 2 else kwargs.get("temb")
-        self._shard.tokens = hidden_states.shape[1]
-        local = self._shard.take_local(hidden_states, dim=1)
+        local = self._shard.enter(hidden_states)
         if temb is not None and temb.ndim == 4 and temb.shape[1] != local.shape[1]:
             raise ValueError(f"per-token timesteps for {temb.shape[1]} tokens reach a rank holding {local.shape[1]}")
         if args:
@@ -266,10 +270,6 @@ def split_sequence(transformer, log: CommunicationLog | None = None, group: dist
             dist.all_reduce(statistics, op=dist.ReduceOp.SUM, group=group)
             return statistics
 
-        def local_tokens(hidden_states: torch.Tensor) -> torch.Tensor:
-            shard.tokens = hidden_states.shape[1]
-            return shard.take_local(hidden_states, dim=1)
-
         transformer.blocks.row_sum = row_sum
         transformer.blocks.real_tokens = shard.real_in_chunk
-        transformer.blocks.local_tokens = local_tokens
+        transformer.blocks.local_tokens = shard.enter

@@ -78,7 +78,8 @@ class StepCachingBlocks(torch.nn.ModuleList):
         whole = [index for index, row in enumerate(rows)
                  if row.cache is not None and row.cache.skips_whole_transformer
                  and row.cache.reuses_before_blocks(row.step, row.total_steps, row.expert)]
-        running = [index for index in range(batch) if index not in set(whole)]
+        skipping_all = set(whole)
+        running = [index for index in range(batch) if index not in skipping_all]
         # The block's input as the block saw it: a sequence-parallel pre-hook cuts it to this
         # rank's tokens on the way in, so it is read by a hook, after the cut.
         seen: list[torch.Tensor] = []

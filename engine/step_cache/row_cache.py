@@ -28,7 +28,6 @@ RowSum = Callable[[torch.Tensor], torch.Tensor]
 class RowCache:
     def __init__(self, options: StepCacheOptions):
         self.options = options
-        self.skips_whole_transformer = POLICIES[options.policy].whole_transformer
         self.first_residual: torch.Tensor | None = None  # the first block's residual at the last full step
         # What the blocks after the first (every block, for magcache) added at the last full step ...
         self.residual: torch.Tensor | None = None
@@ -42,6 +41,11 @@ class RowCache:
         self._predicted_ratio = 1.0
         self._predicted_error = 0.0
         self._skipped_in_a_row = 0
+
+    @property
+    def skips_whole_transformer(self) -> bool:
+        """Whether this row's policy decides before any block (and then skips them all)."""
+        return POLICIES[self.options.policy].whole_transformer
 
     def _may_skip(self, step: int, total_steps: int, expert: int, first_step: int) -> bool:
         return (first_step <= step < total_steps - 1 and self.residual is not None
